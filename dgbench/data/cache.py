@@ -1,0 +1,187 @@
+"""Validate raw NIfTI once and store it preprocessed: RAS orientation, the dataset's spacing,
+intensity normalised by the image's own modality, as .npy files that patches are read from
+through a memory map (no whole-volume loads during training).
+
+Layout: ``<cache>/prepared/<dataset>-<key>/`` with ``<case>.img.npy`` (float32),
+``<case>.lbl.npy`` (uint8), ``<case>.json`` (per-case record, written last) and ``index.json``
+(written when every case is in). The key hashes every preprocessing parameter, so changing one
+makes a new cache instead of mixing old and new arrays.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from dgbench.data.adapter import Case, DatasetAdapter, cache_dir
+from dgbench.data.io import DataError, check_labels, check_pair, load_nifti
+from dgbench.rundir import atomic_write_bytes, atomic_write_json
+
+PREP_VERSION = 1
+CT_WINDOW = (-1024.0, 1024.0)
+FG_SAMPLES = 2000   # stored foreground voxel coordinates per class, for oversampling
+
+
+def cache_key(adapter: DatasetAdapter) -> str:
+    params = {"dataset": adapter.name, "version": PREP_VERSION, "spacing": adapter.spacing,
+              "modalities": adapter.domains, "remap": {str(k): v for k, v in adapter.label_remap.items()},
+              "classes": {str(k): v for k, v in adapter.classes.items()}, "ct_window": CT_WINDOW}
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def prepared_dir(adapter: DatasetAdapter) -> Path:
+    return cache_dir() / "prepared" / f"{adapter.name}-{cache_key(adapter)}"
+
+
+def normalise(img: np.ndarray, modality: str) -> np.ndarray:
+    """CT: window -1024..1024 HU to [0,1], clipped. MR: per-volume min-max to [0,1]."""
+    img = img.astype(np.float32)
+    if modality == "ct":
+        lo, hi = CT_WINDOW
+        return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+    lo, hi = float(img.min()), float(img.max())
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def resample(arr: np.ndarray, spacing, target, order: int) -> np.ndarray:
+    if target is None or np.allclose(spacing, target, atol=1e-3):
+        return arr
+    shape = [max(1, int(round(n * s / t))) for n, s, t in zip(arr.shape, spacing, target)]
+    return ndimage.zoom(arr, [n / o for n, o in zip(shape, arr.shape)], order=order, mode="nearest", grid_mode=True)
+
+
+def preprocess_case(adapter: DatasetAdapter, case: Case) -> tuple[np.ndarray, np.ndarray, dict]:
+    img, img_aff, spacing = load_nifti(case.image, channel=case.channel)
+    lbl, lbl_aff, _ = load_nifti(case.label)
+    check_pair(case.image, img.shape, img_aff, case.label, lbl.shape, lbl_aff)
+    lbl = check_labels(case.label, adapter.remap_labels(np.asarray(lbl)), adapter.n_classes)
+    modality = adapter.domains[case.domain]
+    img = normalise(np.asarray(img), modality)
+    img = resample(img, spacing, adapter.spacing, order=1).astype(np.float32)
+    lbl = resample(lbl, spacing, adapter.spacing, order=0).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    fg = {}
+    for c in range(1, adapter.n_classes):
+        idx = np.argwhere(lbl == c)
+        if len(idx):
+            fg[str(c)] = idx[rng.choice(len(idx), min(len(idx), FG_SAMPLES), replace=False)].tolist()
+    meta = {"case": case.case_id, "domain": case.domain, "modality": modality, "shape": list(img.shape),
+            "source_spacing": list(spacing), "image": str(case.image), "label": str(case.label),
+            "classes_present": sorted(int(k) for k in fg), "fg": fg}
+    return img, lbl, meta
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _prepare_one(args) -> dict:
+    adapter, case, out = args
+    record = out / f"{case.case_id}.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    img, lbl, meta = preprocess_case(adapter, case)
+    atomic_write_bytes(out / f"{case.case_id}.img.npy", _npy_bytes(img))
+    atomic_write_bytes(out / f"{case.case_id}.lbl.npy", _npy_bytes(lbl))
+    atomic_write_json(record, meta)   # last: its presence means the case is complete
+    return meta
+
+
+def prepare(adapter: DatasetAdapter, root: Path | None = None, workers: int = 1, progress: bool = True) -> dict:
+    """Validate and cache every case of the dataset's split. Resumable: finished cases are kept.
+
+    Stops at the first bad case with a DataError naming its file; cases cached before it stay."""
+    from tqdm import tqdm
+    root = Path(root) if root else adapter.default_root()
+    adapter.ensure_raw(root)
+    split = adapter.split()
+    found = {c.case_id: c for c in adapter.find_cases(root)}
+    missing = [c for c in split.all_cases() if c not in found]
+    if missing:
+        raise DataError(f"{split.path}: {len(missing)} split case(s) not found under {root}: "
+                        f"{missing[:5]}{' ...' if len(missing) > 5 else ''}. Is the download complete, "
+                        f"and is --root the dataset's top folder?")
+    out = prepared_dir(adapter)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(adapter, found[c], out) for c in split.all_cases()]
+    metas = []
+    bar = tqdm(total=len(todo), desc=f"prepare {adapter.name}", unit="case", disable=not progress, leave=False)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for meta in pool.map(_prepare_one, todo):
+                metas.append(meta)
+                bar.update()
+    else:
+        for item in todo:
+            metas.append(_prepare_one(item))
+            bar.update()
+    bar.close()
+    index = {"dataset": adapter.name, "key": cache_key(adapter), "root": str(root), "split_sha1": split.sha1,
+             "cases": {m["case"]: {k: m[k] for k in ("domain", "modality", "shape", "classes_present")}
+                       for m in metas}}
+    atomic_write_json(out / "index.json", index)
+    return index
+
+
+@dataclass
+class PreparedCase:
+    case_id: str
+    domain: str
+    image: np.ndarray          # memory-mapped float32 (D, H, W)
+    label: np.ndarray          # memory-mapped uint8 (D, H, W)
+    fg: dict[int, np.ndarray]  # class -> (n, 3) voxel coordinates
+
+
+class Prepared:
+    """Read access to a prepared cache; arrays are memory-mapped on first use."""
+
+    def __init__(self, adapter: DatasetAdapter):
+        self.adapter = adapter
+        self.dir = prepared_dir(adapter)
+        path = self.dir / "index.json"
+        if not path.exists():
+            raise DataError(f"{path}: dataset {adapter.name!r} is not prepared. Run "
+                            f"`dgbench prepare {adapter.name} --root PATH` first.")
+        self.index = json.loads(path.read_text())
+        self._open: dict[str, PreparedCase] = {}
+
+    @property
+    def case_ids(self) -> list[str]:
+        return list(self.index["cases"])
+
+    def case(self, case_id: str) -> PreparedCase:
+        if case_id not in self._open:
+            if case_id not in self.index["cases"]:
+                raise DataError(f"{self.dir / 'index.json'}: case {case_id} is not in the prepared cache; "
+                                f"re-run `dgbench prepare {self.adapter.name}`.")
+            meta = json.loads((self.dir / f"{case_id}.json").read_text())
+            self._open[case_id] = PreparedCase(
+                case_id, meta["domain"],
+                np.load(self.dir / f"{case_id}.img.npy", mmap_mode="r"),
+                np.load(self.dir / f"{case_id}.lbl.npy", mmap_mode="r"),
+                {int(k): np.asarray(v, dtype=np.int64) for k, v in meta["fg"].items()})
+        return self._open[case_id]
+
+
+def ensure_prepared(adapter: DatasetAdapter) -> Prepared:
+    """The prepared cache. Datasets that generate themselves (synth) are made and prepared on
+    demand; a real dataset must have been prepared with `dgbench prepare` for the current split."""
+    path = prepared_dir(adapter) / "index.json"
+    current = path.exists() and json.loads(path.read_text()).get("split_sha1") == adapter.split().sha1
+    if not current:
+        if not adapter.generated:
+            if path.exists():
+                raise DataError(f"{path}: prepared for another version of {adapter.split_path}; "
+                                f"re-run `dgbench prepare {adapter.name} --root PATH`.")
+            Prepared(adapter)  # raises the "run dgbench prepare" error
+        prepare(adapter)
+    return Prepared(adapter)

@@ -1,0 +1,110 @@
+"""RunSpec: what one run is, and its stable identity.
+
+A run's id is a hash of its *resolved* spec (dataset, method, setting, seed, the method's
+hyperparameters after defaults, and the training recipe after dataset defaults), so two
+commands that mean the same run share one run folder, and changing anything that could change
+the result gives a new folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SETTING_RE = re.compile(r"^(full|fewshot-(\d+))$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The shared recipe (methods.md §1). Datasets supply defaults; runs may override."""
+    steps: int = 250_000
+    batch_size: int = 4
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    patch_size: tuple[int, int, int] = (128, 128, 128)
+    backbone: str = "unet"
+    backbone_kwargs: dict = field(default_factory=lambda: {"width": 20, "levels": 5})
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    fg_oversample: float = 0.33      # fraction of patches centred on a foreground voxel
+    aug_prob: float = 0.33           # per-transform firing probability of the standard augmentation
+    sw_overlap: float = 0.5          # sliding-window overlap at evaluation
+    sw_batch_size: int = 4
+    num_workers: int = 0             # data-loader worker processes
+    amp: str = "auto"                # "auto" = bf16 on CUDA, fp32 on CPU; or "bf16" / "fp32"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        if "patch_size" in d:
+            ps = d["patch_size"]
+            d["patch_size"] = tuple(int(v) for v in (ps if isinstance(ps, (list, tuple)) else [ps] * 3))
+        return cls(**d)
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    dataset: str
+    method: str
+    seed: int = 0
+    setting: str = "full"
+    hparams: dict = field(default_factory=dict)   # method hyperparameters, defaults filled in
+    train: TrainConfig = field(default_factory=TrainConfig)
+    split_sha: str = ""                           # checksum of the split file used
+
+    def __post_init__(self):
+        if not SETTING_RE.match(self.setting):
+            raise ValueError(f"setting must be 'full' or 'fewshot-N', got {self.setting!r}")
+
+    @property
+    def fewshot(self) -> int | None:
+        m = SETTING_RE.match(self.setting)
+        return int(m.group(2)) if m and m.group(2) else None
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "method": self.method, "seed": self.seed,
+                "setting": self.setting, "hparams": dict(self.hparams),
+                "train": self.train.to_dict(), "split_sha": self.split_sha}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        return cls(dataset=d["dataset"], method=d["method"], seed=int(d["seed"]),
+                   setting=d.get("setting", "full"), hparams=dict(d.get("hparams", {})),
+                   train=TrainConfig.from_dict(d.get("train", {})), split_sha=d.get("split_sha", ""))
+
+    @property
+    def run_id(self) -> str:
+        digest = hashlib.sha1(_canonical(self.to_dict()).encode()).hexdigest()[:10]
+        return f"{self.dataset}_{self.method}_{self.setting}_s{self.seed}_{digest}"
+
+
+def resolve(dataset: str, method: str, seed: int = 0, setting: str = "full",
+            hparams: dict | None = None, train: dict | None = None) -> RunSpec:
+    """A complete RunSpec: method defaults, the dataset's recipe defaults and the split checksum
+    filled in. Reads only committed files (registry, splits), never the data."""
+    from dgbench.registry import DATASETS, METHODS
+    adapter = DATASETS.get(dataset)()
+    hp = METHODS.get(method).resolve_hparams(hparams)
+    cfg = TrainConfig.from_dict({**adapter.train_defaults, **(train or {})})
+    split = adapter.split()
+    spec = RunSpec(dataset=dataset, method=method, seed=int(seed), setting=setting, hparams=hp,
+                   train=cfg, split_sha=split.sha1)
+    if spec.fewshot is not None:
+        split.train_cases(spec.fewshot)  # raises if the split has no such subset
+    return spec

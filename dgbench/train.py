@@ -1,0 +1,291 @@
+"""The one training loop, for every method; checkpoint and exact resume; final evaluation.
+
+`execute(spec, results)` is what every executor calls (inline, local pool, Slurm).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from dgbench import __version__
+from dgbench.data.cache import ensure_prepared
+from dgbench.data.sampling import PatchDataset, standard_augmentation
+from dgbench.evaluate import autocast, evaluate_cases, mean_dice
+from dgbench.method import MethodContext
+from dgbench.models.backbones import build_backbone
+from dgbench.registry import DATASETS, METHODS
+from dgbench.rundir import METRIC_COLUMNS, RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from dgbench.spec import RunSpec
+
+log = logging.getLogger("dgbench")
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 12345) % (2 ** 63 - 1)
+
+
+class Trainer:
+    """Everything a run needs, built from the spec; `fit()` trains, `final_metrics()` evaluates."""
+
+    def __init__(self, spec: RunSpec, rd: RunDir, device: torch.device | None = None, progress: bool = True):
+        self.spec, self.rd, self.progress = spec, rd, progress
+        self.cfg = spec.train
+        self.device = device or pick_device()
+        self.amp = amp_dtype_for(self.cfg.amp, self.device)
+        self.adapter = DATASETS.get(spec.dataset)()
+        split = self.adapter.split()
+        if split.sha1 != spec.split_sha:
+            raise RuntimeError(f"{split.path} changed since this run was specified (checksum {split.sha1}, "
+                               f"run has {spec.split_sha}); results would mix splits. Restore the split "
+                               f"file or start a new run.")
+        self.split = split
+        self.train_ids = split.train_cases(spec.fewshot)
+        self.prepared = ensure_prepared(self.adapter)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(spec.seed)
+        self.method = METHODS.get(spec.method)(spec.hparams, MethodContext(self.adapter, self.cfg, self.device))
+        net = build_backbone(self.cfg.backbone, self.method.input_channels(), self.adapter.n_classes,
+                             **self.cfg.backbone_kwargs)
+        self.net = self.method.wrap_network(net).to(self.device)
+        for m in self.method.frozen_modules():
+            m.to(self.device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                     betas=(0.9, 0.999))
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.cfg.steps, eta_min=0.0)
+        self.loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+        self.step, self.best_val, self.best_step = 0, -math.inf, -1
+        self.losses: list[float] = []    # training losses since the last validation
+        self.heartbeat: Heartbeat | None = None
+        spatial, intensity = standard_augmentation(self.cfg.patch_size, self.cfg.aug_prob, self.adapter.sided)
+        self.data = PatchDataset(self.prepared, self.train_ids, self.cfg.patch_size, spec.seed,
+                                 self.cfg.fg_oversample, self.method.augmentation(spatial, intensity),
+                                 self.cfg.steps * self.cfg.batch_size)
+
+    # checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.net.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "step": self.step, "best_val": self.best_val, "best_step": self.best_step,
+                "losses": list(self.losses), "run_id": self.spec.run_id, "dgbench": __version__, "torch": torch.__version__}
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        torch.save(self.state(), buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def load(self, path: Path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        if ck.get("run_id") != self.spec.run_id:
+            raise RuntimeError(f"{path}: checkpoint belongs to run {ck.get('run_id')}, not {self.spec.run_id}.")
+        self.net.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["opt"])
+        self.sched.load_state_dict(ck["sched"])
+        self.step, self.best_val, self.best_step = ck["step"], ck["best_val"], ck["best_step"]
+        self.losses = list(ck.get("losses", []))
+
+    # training -----------------------------------------------------------------------------
+    def validate(self) -> float:
+        rows, _ = evaluate_cases(self.net, self.method, self.prepared, [("val", c) for c in self.split.val],
+                                 self.cfg, self.device, self.amp)
+        return mean_dice(rows)
+
+    def fit(self) -> None:
+        from tqdm import tqdm
+        cfg, rd = self.cfg, self.rd
+        if rd.last_ckpt.exists():
+            self.load(rd.last_ckpt)
+            rd.log(f"resumed from step {self.step}")
+        self.net.train()
+        sampler = range(self.step * cfg.batch_size, cfg.steps * cfg.batch_size)
+        loader = torch.utils.data.DataLoader(self.data, batch_size=cfg.batch_size, sampler=sampler,
+                                             num_workers=cfg.num_workers, drop_last=True,
+                                             persistent_workers=cfg.num_workers > 0,
+                                             pin_memory=self.device.type == "cuda")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.spec.run_id, unit="step",
+                   disable=not self.progress, leave=False)
+        t0, losses = time.time(), self.losses
+        for batch in loader:
+            torch.manual_seed(step_seed(self.spec.seed, self.step))
+            x = batch["image"].to(self.device, non_blocking=True)
+            y = batch["label"].to(self.device, non_blocking=True)
+            x, y = self.method.train_batch(self.net, x, y)
+            with autocast(self.device, self.amp):
+                logits = self.net(x)
+                loss = self.loss_fn(logits.float(), y)
+                extra = self.method.extra_loss(self.net, x, y, logits)
+                if extra is not None:
+                    loss = loss + extra
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            losses.append(loss.item())
+            bar.update()
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"loss is {losses[-1]} at step {self.step}; lower the learning rate "
+                                         f"(train.lr) or check the input data.")
+            if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                val = self.validate()
+                self._append_val(self.step, float(np.mean(losses)), val)
+                if val > self.best_val:
+                    self.best_val, self.best_step = val, self.step
+                    self.save(rd.best_ckpt)
+                rd.log(f"step {self.step}/{cfg.steps} loss {np.mean(losses):.4f} val_dice {val:.4f} "
+                       f"({time.time() - t0:.1f} s since last validation)")
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}", val=f"{val:.3f}")
+                losses.clear()
+                t0 = time.time()
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save(rd.last_ckpt)
+                rd.beat(self.step)
+                if self.heartbeat is not None:
+                    self.heartbeat.step = self.step
+        bar.close()
+
+    def _append_val(self, step: int, loss: float, val: float) -> None:
+        rows = []
+        if self.rd.val_history.exists():
+            # drop rows past `step`: they came from a run killed after its last checkpoint
+            rows = [r for r in csv.DictReader(open(self.rd.val_history)) if int(r["step"]) < step]
+        rows.append({"step": step, "loss": f"{loss:.6f}", "val_dice": f"{val:.6f}"})
+        out = io.StringIO()
+        w = csv.DictWriter(out, fieldnames=["step", "loss", "val_dice"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.rd.val_history, out.getvalue())
+
+    # final evaluation ---------------------------------------------------------------------
+    def final_metrics(self) -> list[dict]:
+        cases = [("val", c) for c in self.split.val]
+        cases += [("test", c) for ids in self.split.test.values() for c in ids]
+        keep = {ids[0] for ids in self.split.test.values() if ids}
+        rows, preds = evaluate_cases(self.net, self.method, self.prepared, cases, self.cfg, self.device,
+                                     self.amp, progress=self.progress)
+        out = [dict(r, selection="last") for r in rows]
+        if self.best_step not in (-1, self.step):
+            ck = torch.load(self.rd.best_ckpt, map_location=self.device, weights_only=False)
+            self.net.load_state_dict(ck["model"])
+            rows, preds = evaluate_cases(self.net, self.method, self.prepared, cases, self.cfg, self.device,
+                                         self.amp, keep_predictions=keep, progress=self.progress)
+        else:
+            _, preds = evaluate_cases(self.net, self.method, self.prepared, [("test", c) for c in sorted(keep)],
+                                      self.cfg, self.device, self.amp, keep_predictions=keep)
+        out += [dict(r, selection="source-val") for r in rows]
+        for case_id, (image, label, pred) in preds.items():
+            buf = io.BytesIO()
+            np.savez_compressed(buf, image=image, label=label, pred=pred)
+            atomic_write_bytes(self.rd.path / "predictions" / f"{case_id}.npz", buf.getvalue())
+        s = self.spec
+        return [{"run_id": s.run_id, "dataset": s.dataset, "method": s.method, "setting": s.setting,
+                 "seed": s.seed, **r} for r in out]
+
+
+def write_metrics(rd: RunDir, rows: list[dict]) -> None:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=METRIC_COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{r[k]:.6f}" if k == "dice" and not math.isnan(r[k]) else r[k]) for k in METRIC_COLUMNS})
+    atomic_write_text(rd.metrics_file, out.getvalue())
+
+
+def write_spec(rd: RunDir, spec: RunSpec, extra: dict | None = None) -> None:
+    if rd.spec_file.exists():
+        old = read_json(rd.spec_file)
+        if old.get("spec") != spec.to_dict():
+            raise RuntimeError(f"{rd.spec_file}: holds a different spec than run {spec.run_id}; the run "
+                               f"folder was edited or copied. Move it away and re-run.")
+        return
+    atomic_write_json(rd.spec_file, {"run_id": spec.run_id, "spec": spec.to_dict(), "dgbench": __version__,
+                                     "torch": torch.__version__, **(extra or {})})
+
+
+class Heartbeat:
+    """Refreshes heartbeat.json every `every` seconds from a thread while the run holds its lock,
+    so data preparation, validation and evaluation never look stale to `status` or the lock."""
+
+    def __init__(self, rd: RunDir, every: float = 60.0):
+        self.rd, self.every, self.step = rd, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.rd.beat(self.step)
+
+    def __enter__(self):
+        hb = self.rd.heartbeat()
+        self.step = hb["step"] if hb else 0
+        self.rd.beat(self.step)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+
+def execute(spec: RunSpec, results: Path, progress: bool = True, device: torch.device | None = None) -> str:
+    """Run one spec to the end in its run folder. Returns "done", "failed" or "busy"."""
+    rd = RunDir.for_run(results, spec.run_id)
+    if rd.done_file.exists():
+        return "done"
+    if not rd.acquire_lock():
+        return "busy"
+    try:
+        with Heartbeat(rd) as hb:
+            return _execute_locked(spec, rd, hb, progress, device)
+
+
+def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, device) -> str:
+    try:
+        write_spec(rd, spec)
+        if rd.failed_file.exists():
+            rd.failed_file.unlink()
+        t0 = time.time()
+        trainer = Trainer(spec, rd, device=device, progress=progress)
+        trainer.heartbeat = hb
+        rd.log(f"start {spec.run_id} on {trainer.device} (amp={trainer.amp}), pid {os.getpid()}")
+        spec_extra = trainer.method.describe()
+        if spec_extra:
+            rd.log(f"method info: {spec_extra}")
+        trainer.fit()
+        write_metrics(rd, trainer.final_metrics())
+        rd.mark_done({"wall_s": round(time.time() - t0, 2), "steps": trainer.step, "best_step": trainer.best_step,
+                      "best_val_dice": trainer.best_val, "device": str(trainer.device), **spec_extra})
+        rd.log("done")
+        return "done"
+    except (KeyboardInterrupt, SystemExit) as e:   # Ctrl-C, or submitit exiting after a requeue
+        rd.log(f"interrupted ({type(e).__name__}); the next run of the same spec resumes from the last checkpoint")
+        raise
+    except Exception as e:  # recorded, never swallowed silently: failed.json keeps the traceback
+        rd.mark_failed(e)
+        rd.log(f"failed: {type(e).__name__}: {e}")
+        log.error("run %s failed: %s: %s (traceback in %s)", spec.run_id, type(e).__name__, e, rd.failed_file)
+        return "failed"

@@ -1,0 +1,21 @@
+"""Shared test setup: one throw-away data cache per session (the synthetic benchmark is
+generated into it once), unless DGBENCH_TEST_CACHE names a cache to reuse between sessions."""
+import os
+import tempfile
+
+import pytest
+import torch
+
+os.environ["DGBENCH_CACHE"] = os.environ.get("DGBENCH_TEST_CACHE") or tempfile.mkdtemp(prefix="dgbench-test-cache-")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# The smallest real run on the embedded benchmark (a few CPU seconds).
+TINY_TRAIN = {"steps": 6, "batch_size": 2, "val_every": 3, "ckpt_every": 3, "sw_overlap": 0.0,
+              "backbone_kwargs": {"width": 4, "levels": 2}}
+
+
+@pytest.fixture(scope="session")
+def synth_prepared():
+    from dgbench.data.cache import ensure_prepared
+    from dgbench.registry import DATASETS
+    return ensure_prepared(DATASETS.get("synth")())

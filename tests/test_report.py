@@ -1,0 +1,267 @@
+"""dgbench.report: golden-file tests on a small committed fake results tree (tests/golden).
+
+Regenerate the expected files after an intended change with
+    DGBENCH_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_report.py
+and review the diff."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dgbench import report
+from dgbench.report import bench_table, collect, holm, register_cli, run_scores, write_tables
+
+GOLDEN = Path(__file__).parent / "golden"
+TREE = GOLDEN / "results"
+EXPECTED = GOLDEN / "expected"
+REGEN = os.environ.get("DGBENCH_REGEN_GOLDEN") == "1"
+N_BOOT = 200
+
+
+def _ids(pattern: str) -> list[str]:
+    return sorted(p.name for p in (TREE / "runs").iterdir() if re.match(pattern, p.name))
+
+
+def _compare(name: str, text: str) -> None:
+    path = EXPECTED / name
+    if REGEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with DGBENCH_REGEN_GOLDEN=1"
+    assert text == path.read_text(), f"{name} differs from {path}"
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tables")
+    write_tables(TREE, out, paper=True, n_boot=N_BOOT, seed=0, figures=False)
+    return out
+
+
+def _copy_tree(tmp_path: Path) -> Path:
+    dst = tmp_path / "results"
+    shutil.copytree(TREE, dst)
+    return dst
+
+
+def _write_run(results: Path, rid: str, spec: dict, rows: list[dict] | None, state: str = "done") -> None:
+    d = results / "runs" / rid
+    d.mkdir(parents=True)
+    (d / "spec.json").write_text(json.dumps(spec))
+    if rows is not None:
+        pd.DataFrame(rows).to_csv(d / "metrics.csv", index=False)
+    (d / f"{state}.json").write_text(json.dumps({"error": "boom"} if state == "failed" else {}))
+
+
+def _rows(rid, ds, meth, seed, sel, dice_by_case, split="test", domain="T", setting="full"):
+    return [{"run_id": rid, "dataset": ds, "method": meth, "setting": setting, "seed": seed, "selection": sel,
+             "split": split, "domain": domain, "case": c, "class": 1, "class_name": "fg", "dice": v,
+             "gt_present": True, "pred_present": True} for c, v in dice_by_case.items()]
+
+
+# -- bench_table -----------------------------------------------------------------------------
+def test_bench_table_golden():
+    ids = _ids(r"^(amos|prostate)_\w+_full_") + ["prostate_gin_full_s1_0123456789"]
+    text = bench_table(TREE, ids)
+    _compare("bench.md", text)
+    assert "selection: source-val" in text
+    assert "amos_erm_full_s1_a617a7be69: failed (RuntimeError: CUDA out of memory)" in text
+    assert "prostate_gin_full_s1_0123456789: missing" in text
+    assert "| target: BIDMC | target: BMC | target: all |" in text
+
+
+def test_bench_table_falls_back_to_last(tmp_path):
+    spec = {"dataset": "synth", "method": "erm", "seed": 0, "setting": "full"}
+    rows = _rows("r0", "synth", "erm", 0, "last", {"a": 0.5, "b": 0.7}) + \
+        _rows("r0", "synth", "erm", 0, "last", {"v": 0.9}, split="val", domain="S")
+    _write_run(tmp_path, "r0", spec, rows)
+    text = bench_table(tmp_path, ["r0"])
+    assert "selection: last" in text
+    assert "| erm | 90.0 | 60.0 | 1 |" in text
+
+
+# -- tables: golden outputs ------------------------------------------------------------------
+GOLDEN_FILES = ["main.md", "main.tex", "main.csv", "main_last.md", "main_last.tex", "main_last.csv",
+                "fewshot.md", "fewshot.tex", "fewshot.csv", "perclass_amos.md", "perclass_amos.tex",
+                "perclass_amos.csv", "perclass_prostate.md", "perclass_prostate.tex", "perclass_prostate.csv",
+                "ranks.md", "ranks.tex", "ranks.csv", "pairwise.csv"]
+
+
+@pytest.mark.parametrize("name", GOLDEN_FILES)
+def test_tables_golden(tables, name):
+    _compare(name, (tables / name).read_text())
+
+
+def test_no_unexpected_outputs(tables):
+    assert sorted(p.name for p in tables.iterdir()) == sorted(GOLDEN_FILES)
+
+
+def test_dice_convention_and_tie(tables):
+    main = pd.read_csv(tables / "main.csv").set_index("method")
+    # amos/erm seed 0: liver 0.61 over 3 cases, kidney 0.57 over the 2 cases that have it,
+    # duodenum absent everywhere -> excluded (clean) or 0 (reference-compatible)
+    assert main.at["erm", "amos.mean"] == pytest.approx(59.0)
+    assert main.at["erm", "amos.mean_refcompat"] == pytest.approx((61 + 57 + 0) / 3)
+    assert main.at["erm", "prostate.rank"] == main.at["gin", "prostate.rank"] == 2.5
+    assert main.at["maskgen", "avg_rank"] == 1.0
+    assert main.at["maskgen (paper)", "amos.mean"] == 67.5
+
+
+def test_main_states_rule_runs_and_gaps(tables):
+    for name in ("main.md", "main_last.md", "fewshot.md", "perclass_amos.md"):
+        text = (tables / name).read_text()
+        assert "Selection: " in text
+        assert re.search(r"Built from \d+ of \d+ expected runs", text)
+    md = (tables / "main.md").read_text()
+    assert "Built from 10 of 12 expected runs" in md
+    assert "prostate / gin / seed 1: no run folder" in md
+    assert "amos_erm_full_s1_a617a7be69: failed" in md
+    few = (tables / "fewshot.md").read_text()
+    assert "amos_gin_fewshot-2_s0_51bbfb25fe: incomplete (stale)" in few
+    assert "| gin | – | 3.00* |" in few
+
+
+def test_latex_is_well_formed(tables):
+    for p in tables.glob("*.tex"):
+        text = p.read_text()
+        stripped = text.replace(r"\{", "").replace(r"\}", "")
+        depth = 0
+        for ch in stripped:
+            depth += (ch == "{") - (ch == "}")
+            assert depth >= 0, p.name
+        assert depth == 0, p.name
+        n_tab = text.count(r"\begin{tabular}")
+        assert n_tab >= 1 and n_tab == text.count(r"\end{tabular}")
+        assert text.count(r"\toprule") == text.count(r"\bottomrule") == n_tab
+        assert text.count(r"\midrule") >= n_tab
+        assert not re.search(r"(?<!\\)_", text), f"unescaped underscore in {p.name}"
+        assert "±" not in text and "×" not in text
+
+
+def test_markdown_rows_are_complete(tables):
+    for p in tables.glob("*.md"):
+        for block in re.findall(r"((?:^\|.*\|\n)+)", p.read_text(), flags=re.M):
+            lines = block.strip().splitlines()
+            widths = {len(re.split(r"(?<!\\)\|", line)) for line in lines}
+            assert len(widths) == 1, p.name
+
+
+def test_paired_tests_without_maskgen(tmp_path):
+    res = _copy_tree(tmp_path)
+    for d in (res / "runs").glob("*_maskgen_*"):
+        shutil.rmtree(d)
+    write_tables(res, tmp_path / "out", n_boot=0, figures=False)
+    assert pd.read_csv(tmp_path / "out" / "pairwise.csv").empty
+    assert "No paired tests: method 'maskgen' not among the results" in (tmp_path / "out" / "ranks.md").read_text()
+
+
+def test_oracle_selection_is_labelled(tmp_path):
+    spec = {"dataset": "synth", "method": "erm", "seed": 0, "setting": "full"}
+    rows = _rows("r0", "synth", "erm", 0, "source-val", {"a": 0.5}) + _rows("r0", "synth", "erm", 0, "target-val", {"a": 0.6})
+    _write_run(tmp_path, "r0", spec, rows)
+    write_tables(tmp_path, tmp_path / "out", n_boot=0, figures=False)
+    assert "ORACLE (uses target labels)" in (tmp_path / "out" / "main_target-val.md").read_text()
+    assert "ORACLE" not in (tmp_path / "out" / "main.md").read_text()
+
+
+def test_best_config_chosen_by_source_val(tmp_path):
+    for cfg, (val, test) in {"a": (0.9, 0.5), "b": (0.6, 0.8)}.items():
+        for seed in (0, 1):
+            rid = f"synth_erm_full_s{seed}_{cfg}"
+            spec = {"dataset": "synth", "method": "erm", "seed": seed, "setting": "full", "hparams": {"lr": cfg}}
+            rows = _rows(rid, "synth", "erm", seed, "source-val", {"t": test}) + \
+                _rows(rid, "synth", "erm", seed, "source-val", {"v": val}, split="val", domain="S")
+            _write_run(tmp_path, rid, spec, rows)
+    write_tables(tmp_path, tmp_path / "out", n_boot=0, figures=False)
+    main = pd.read_csv(tmp_path / "out" / "main.csv").set_index("method")
+    assert main.at["erm", "synth.mean"] == pytest.approx(50.0)      # config a: best source-val
+    assert "2 hyperparameter configurations" in (tmp_path / "out" / "main.md").read_text()
+
+
+def test_run_scores_and_holm():
+    m = pd.DataFrame(_rows("r", "d", "m", 0, "last", {"a": 0.2, "b": 0.4}))
+    m = pd.concat([m, m.assign(**{"class": 2, "dice": np.nan, "gt_present": False})])
+    sc = run_scores(m).iloc[0]
+    assert sc["dice"] == pytest.approx(0.3) and sc["dice_refcompat"] == pytest.approx(0.15)
+    assert np.allclose(holm([0.01, 0.04, 0.03, np.nan]), [0.03, 0.06, 0.06, np.nan], equal_nan=True)
+
+
+def test_collect_reads_engine_spec_json(tmp_path):
+    spec = {"dataset": "synth", "method": "gin", "seed": 3, "setting": "fewshot-1", "hparams": {"a": 1}}
+    d = tmp_path / "runs" / "r"
+    d.mkdir(parents=True)
+    (d / "spec.json").write_text(json.dumps({"run_id": "r", "spec": spec, "dgbench": "0.1.0", "torch": "x"}))
+    row = collect(tmp_path).runs.iloc[0]
+    assert (row["dataset"], row["method"], row["seed"], row["setting"], row["state"]) == \
+        ("synth", "gin", 3, "fewshot-1", "incomplete")
+
+
+def test_collect_reads_states():
+    col = collect(TREE)
+    states = col.runs.set_index("run_id")["state"]
+    assert states["amos_erm_full_s1_a617a7be69"] == "failed"
+    assert states["amos_gin_fewshot-2_s0_51bbfb25fe"] == "incomplete"
+    assert set(col.metrics["run_id"]) == set(states[states == "done"].index)
+
+
+# -- figures ---------------------------------------------------------------------------------
+def test_figures(tmp_path, caplog):
+    import matplotlib.image as mpimg
+    res = _copy_tree(tmp_path)
+    rng = np.random.default_rng(0)
+    label = np.zeros((6, 32, 32), np.int16)
+    label[2:5, 8:20, 8:20] = 1
+    label[2:5, 20:26, 10:22] = 2
+    image = rng.normal(size=label.shape).astype(np.float32) + label
+    for rid in _ids(r"^amos_(erm|maskgen)_full_s0_"):
+        pdir = res / "runs" / rid / "predictions"
+        pdir.mkdir()
+        pred = np.roll(label, 2 if "erm" in rid else 1, axis=2)
+        np.savez_compressed(pdir / "mri1.npz", image=image, label=label, pred=pred)
+    with caplog.at_level(logging.INFO, logger="dgbench.report"):
+        written = write_tables(res, tmp_path / "out", n_boot=50, figures=True)
+    names = sorted(p.name for p in written["figures"])
+    assert names == ["avg_rank.pdf", "avg_rank.png", "dice_bars.pdf", "dice_bars.png",
+                     "slices_amos.pdf", "slices_amos.png"]
+    assert "prostate run: example-slice figure skipped" in caplog.text.replace("any prostate", "prostate")
+    for p in written["figures"]:
+        if p.suffix == ".png":
+            img = mpimg.imread(p)
+            assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 200, p.name
+            assert img[..., :3].std() > 0.01, f"{p.name} looks blank"
+        else:
+            assert p.read_bytes()[:5] == b"%PDF-"
+
+
+# -- CLI -------------------------------------------------------------------------------------
+def _parser():
+    p = argparse.ArgumentParser(prog="dgbench")
+    register_cli(p.add_subparsers(dest="command"))
+    return p
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args(["tables", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--results", "--out", "--selection", "--paper", "--bootstrap", "--seed"):
+        assert opt in out
+
+
+def test_cli_runs(tmp_path, capsys):
+    args = _parser().parse_args(["tables", "--results", str(TREE), "--out", str(tmp_path / "o"),
+                                 "--bootstrap", "0", "--no-figures", "--paper"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "| maskgen (paper) | 67.5 | 84.7 | 1.50 |" in out
+    assert (tmp_path / "o" / "ranks.csv").exists()

@@ -1,0 +1,119 @@
+"""The training loop and run folders: files, idempotence, exact resume after a kill, failures."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_TRAIN
+from dgbench.rundir import METRIC_COLUMNS, RunDir
+from dgbench.spec import RunSpec, resolve
+from dgbench.train import execute
+
+
+def read_metrics(rd: RunDir):
+    with open(rd.metrics_file) as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_every_file_and_is_idempotent(tmp_path, synth_prepared):
+    spec = resolve("synth", "erm", seed=0, train=TINY_TRAIN)
+    assert execute(spec, tmp_path, progress=False) == "done"
+    rd = RunDir.for_run(tmp_path, spec.run_id)
+    for f in (rd.spec_file, rd.log_file, rd.heartbeat_file, rd.last_ckpt, rd.best_ckpt, rd.val_history,
+              rd.metrics_file, rd.done_file):
+        assert f.exists(), f
+    assert not rd.lock_file.exists() and rd.state() == "done"
+    assert RunSpec.from_dict(json.loads(rd.spec_file.read_text())["spec"]).run_id == spec.run_id
+    rows = read_metrics(rd)
+    assert list(rows[0]) == METRIC_COLUMNS
+    split = synth_prepared.adapter.split()
+    n_cases = len(split.val) + sum(len(v) for v in split.test.values())
+    assert len(rows) == 2 * n_cases * 4                          # 2 selections x cases x 4 classes
+    assert {r["selection"] for r in rows} == {"last", "source-val"}
+    assert {r["domain"] for r in rows if r["split"] == "test"} == {"mri", "ct-scanner2", "ct-thick"}
+    assert {r["domain"] for r in rows if r["split"] == "val"} == {"ct"}
+    assert len(list((rd.path / "predictions").glob("*.npz"))) == 3
+    with open(rd.val_history) as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [3, 6]
+    mtime = rd.metrics_file.stat().st_mtime_ns
+    assert execute(spec, tmp_path, progress=False) == "done"     # skipped: nothing rewritten
+    assert rd.metrics_file.stat().st_mtime_ns == mtime
+
+
+def test_run_id_is_stable_and_specific():
+    a = resolve("synth", "erm", seed=1, train={"steps": 10})
+    assert a.run_id == resolve("synth", "erm", seed=1, train={"steps": 10}).run_id
+    assert a.run_id != resolve("synth", "erm", seed=2, train={"steps": 10}).run_id
+    assert a.run_id != resolve("synth", "erm", seed=1, train={"steps": 11}).run_id
+    assert a.run_id != resolve("synth", "erm", seed=1, setting="fewshot-3", train={"steps": 10}).run_id
+    with pytest.raises(ValueError, match="unknown training option"):
+        resolve("synth", "erm", train={"stepz": 3})
+    with pytest.raises(Exception, match="few-shot subset of size 4"):
+        resolve("synth", "erm", setting="fewshot-4")
+
+
+def test_failure_is_recorded_with_traceback(tmp_path, synth_prepared):
+    spec = resolve("synth", "erm", seed=0, train={**TINY_TRAIN, "lr": -1.0})
+    assert execute(spec, tmp_path, progress=False) == "failed"
+    rd = RunDir.for_run(tmp_path, spec.run_id)
+    info = json.loads(rd.failed_file.read_text())
+    assert "Invalid learning rate" in info["error"] and "Traceback" in info["traceback"]
+    assert rd.state() == "failed" and not rd.lock_file.exists()
+
+
+def test_busy_run_is_not_trained_twice(tmp_path, synth_prepared):
+    spec = resolve("synth", "erm", seed=0, train=TINY_TRAIN)
+    rd = RunDir.for_run(tmp_path, spec.run_id)
+    assert rd.acquire_lock()                                  # a live process (this one) holds it
+    rd.beat(0)
+    assert execute(spec, tmp_path, progress=False) == "busy"
+    assert not rd.metrics_file.exists()
+
+
+CHILD = """
+import sys, torch
+torch.set_num_threads(1)
+from dgbench.spec import RunSpec
+from dgbench.train import execute
+import json
+execute(RunSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2], progress=False)
+"""
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path, synth_prepared):
+    """SIGKILL mid-training, re-run: same metrics, bit for bit, as a run never interrupted."""
+    import torch
+    train = {**TINY_TRAIN, "steps": 40, "ckpt_every": 5, "val_every": 10}
+    spec = resolve("synth", "erm", seed=3, train=train)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec.to_dict()), str(killed)], env=env)
+    rd = RunDir.for_run(killed, spec.run_id)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        hb = rd.heartbeat()
+        if hb and 5 <= hb["step"] < 40:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert rd.state() != "done" and rd.lock_file.exists()       # really killed mid-run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert execute(spec, killed, progress=False) == "done"   # breaks the dead holder's lock
+        assert "resumed from step" in rd.log_file.read_text()
+        clean = tmp_path / "clean"
+        assert execute(spec, clean, progress=False) == "done"
+    finally:
+        torch.set_num_threads(threads)
+    a = read_metrics(rd)
+    b = read_metrics(RunDir.for_run(clean, spec.run_id))
+    assert [r["dice"] for r in a] == [r["dice"] for r in b]
+    assert (rd.val_history.read_text() == RunDir.for_run(clean, spec.run_id).val_history.read_text())
