@@ -261,6 +261,8 @@ def execute(spec: RunSpec, results: Path, progress: bool = True, device: torch.d
     try:
         with Heartbeat(rd) as hb:
             return _execute_locked(spec, rd, hb, progress, device)
+    finally:
+        rd.release_lock()
 
 
 def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, device) -> str:
