@@ -64,8 +64,12 @@ def cmd_datasets(args) -> int:
         a = DATASETS.get(name)()
         try:
             sp = a.split()
-            sizes = f"train {len(sp.train)} / val {len(sp.val)} / test " + \
-                    " + ".join(f"{len(v)} {d}" for d, v in sp.test.items())
+            sizes = f"train {len(sp.train)} / val {len(sp.val)} / " + (
+                    "target-val " + " + ".join(f"{len(v)} {d}" for d, v in sp.target_val.items()) + " / "
+                    if sp.target_val else "") + "test " + " + ".join(f"{len(v)} {d}" for d, v in sp.test.items())
+            if sp.provisional:
+                sizes = (f"derived from the files when prepared (rule: "
+                         f"{Path(a.split_rule()['path']).name}; dgbench prepare {name} --root PATH)")
         except DataError as e:
             sizes = f"(split: {e})"
         prepared = (prepared_dir(a) / "index.json").exists()
@@ -90,7 +94,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from dgbench.data.cache import prepare, prepared_dir
+    from dgbench.data.cache import prepare, prepared_dir, summary
     from dgbench.registry import DATASETS
     a = DATASETS.get(args.dataset)()
     index = prepare(a, Path(args.root) if args.root else None, workers=args.workers)
@@ -99,6 +103,7 @@ def cmd_prepare(args) -> int:
         by_domain[c["domain"]] = by_domain.get(c["domain"], 0) + 1
     print(f"prepared {len(index['cases'])} cases of {a.name} in {prepared_dir(a)}: "
           + ", ".join(f"{n} {d}" for d, n in by_domain.items()))
+    print(summary(a, index))
     return 0
 
 

@@ -7,12 +7,17 @@ small member of the same architecture family itself, following anatomix's recipe
 
   random label map (10-30 labels: superellipsoids, shells, thresholded noise blobs, Voronoi
   cells; each with a random affine incl. reflections and a smooth warp; optional warped
-  sphere foreground + envelope label)
+  sphere foreground + envelope label; a random zoomed crop of the map for scale variety)
   -> two views with independent random GMM intensities per label, multiplicative texture and
      a corruption chain (bias field, k-space spikes, gamma, blur, Gibbs ringing, sharpening,
      low-resolution simulation, noise; MONAI transforms)
   -> the same Unet on both views; SupCon loss (tau 0.33) on projected voxel features at the
      same random locations in both views, over several encoder/decoder layers.
+
+Not done (yet): geometric training augmentation (§4.3 flips/affine - the maps are random
+already), motion artefacts, median smoothing of the label map. Known limitation: a net
+trained on one canvas size transfers poorly to much larger inputs (its deepest levels see
+2^3 voxels at 32^3); train at the patch size it will be used at.
 
 This generator is deliberately separate from the synthetic *benchmark* generator in
 dgbench/data: features must not be tuned to the benchmark's own image model.

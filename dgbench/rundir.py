@@ -6,6 +6,8 @@ Layout of ``<results>/runs/<run_id>/``::
     log.txt            human-readable training log (appended across resumes)
     heartbeat.json     {"time": <unix seconds>, "step": int, "host": str, "pid": int}; refreshed while training
     lock               exists while a process trains this run: {"host", "pid", "time"}
+    executor.json      who runs it: {"executor", "job_id", "host", "pid", "time"} (written by orchestrate)
+    predictions/<case>.npz   image, label and pred of one target case per domain (for figures)
     checkpoints/last.pt, checkpoints/best.pt   full training state (model, optimiser, scheduler, step)
     val_history.csv    step, loss, val_dice (source-val mean Dice) - one row per validation
     metrics.csv        per-case, per-class Dice, long format (columns: METRIC_COLUMNS)
@@ -14,7 +16,8 @@ Layout of ``<results>/runs/<run_id>/``::
 
 metrics.csv rows: one per (selection, split, case, class). ``selection`` is the checkpoint
 rule ("last" = final weights, "source-val" = best source-val mean Dice); ``split`` is "val"
-(the held-out source cases) or "test" (the target-domain cases); ``dice`` is NaN when the class
+(the held-out source cases), "test" (the target-domain test cases) or "target-val" (target
+cases the reference used for validation; only for a table labelled as an oracle); ``dice`` is NaN when the class
 is absent from the ground truth (``gt_present`` False; ``pred_present`` says whether the model
 predicted it anyway).
 

@@ -73,7 +73,8 @@ class Trainer:
         self.method = METHODS.get(spec.method)(spec.hparams, MethodContext(self.adapter, self.cfg, self.device))
         net = build_backbone(self.cfg.backbone, self.method.input_channels(), self.adapter.n_classes,
                              **self.cfg.backbone_kwargs)
-        self.net = self.method.wrap_network(net).to(self.device)
+        # channels-last 3-D: measured 1.4-2x faster conv steps on CPU (benchmarks/throughput.py)
+        self.net = self.method.wrap_network(net).to(self.device, memory_format=torch.channels_last_3d)
         for m in self.method.frozen_modules():
             m.to(self.device)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -132,7 +133,7 @@ class Trainer:
         t0, losses = time.time(), self.losses
         for batch in loader:
             torch.manual_seed(step_seed(self.spec.seed, self.step))
-            x = batch["image"].to(self.device, non_blocking=True)
+            x = batch["image"].to(self.device, non_blocking=True, memory_format=torch.channels_last_3d)
             y = batch["label"].to(self.device, non_blocking=True)
             x, y = self.method.train_batch(self.net, x, y)
             with autocast(self.device, self.amp):
@@ -185,6 +186,8 @@ class Trainer:
     def final_metrics(self) -> list[dict]:
         cases = [("val", c) for c in self.split.val]
         cases += [("test", c) for ids in self.split.test.values() for c in ids]
+        # target-val: stored for a labelled oracle table only; never used for selection here
+        cases += [("target-val", c) for ids in self.split.target_val.values() for c in ids]
         keep = {ids[0] for ids in self.split.test.values() if ids}
         rows, preds = evaluate_cases(self.net, self.method, self.prepared, cases, self.cfg, self.device,
                                      self.amp, progress=self.progress)

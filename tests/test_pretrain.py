@@ -10,6 +10,15 @@ from dgbench import pretrain as pt
 from dgbench.models import extractors as ex
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small 3D ops run faster on one thread, and much faster on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_label_maps_are_deterministic_and_in_range():
     a = pt.random_label_map(32, torch.Generator().manual_seed(3))
     b = pt.random_label_map(32, torch.Generator().manual_seed(3))
@@ -40,7 +49,6 @@ def test_supcon_prefers_label_aligned_embeddings():
 
 
 def test_short_run_loss_is_finite_and_falls():
-    torch.set_num_threads(1)
     # one fixed label map (fresh random views every step): the drop is reliable in few steps
     res = pt.pretrain(steps=16, size=32, seed=0, ngf=4, lr=2e-3, n_locations=64, pool=1)
     h = np.array(res["loss"])

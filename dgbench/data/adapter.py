@@ -36,7 +36,12 @@ class Case:
 
 @dataclass
 class Split:
-    """Fixed split: source train / source val / target test per domain (+ few-shot subsets)."""
+    """Fixed split: source train / source val / target test per domain (+ few-shot subsets).
+
+    `val` is the source-domain validation split (model selection never sees target labels);
+    `target_val` is the reference protocol's target-domain val split, kept for the labelled
+    "oracle" table only. A `provisional` split stands in for one that is derived from the files
+    (`splits/<name>.rule.json`) and has not been realised by `dgbench prepare` yet: it names no cases."""
     dataset: str
     train: list[str]
     val: list[str]
@@ -45,6 +50,8 @@ class Split:
     rule: str = ""
     sha1: str = ""
     path: Path | None = None
+    target_val: dict[str, list[str]] = field(default_factory=dict)
+    provisional: bool = False
 
     def train_cases(self, fewshot: int | None = None) -> list[str]:
         if fewshot is None:
@@ -56,7 +63,8 @@ class Split:
         return list(self.fewshot[key])
 
     def all_cases(self) -> list[str]:
-        return list(self.train) + list(self.val) + [c for ids in self.test.values() for c in ids]
+        return (list(self.train) + list(self.val) + [c for ids in self.target_val.values() for c in ids]
+                + [c for ids in self.test.values() for c in ids])
 
 
 def content_sha1(payload: dict) -> str:
@@ -80,9 +88,14 @@ def load_split(path: Path) -> Split:
                         f"with git rather than editing it.")
     split = Split(dataset=payload["dataset"], train=payload["train"], val=payload["val"],
                   test=payload["test"], fewshot=payload.get("fewshot", {}), rule=payload.get("rule", ""),
-                  sha1=sha, path=path)
+                  sha1=sha, path=path, target_val=payload.get("target_val", {}),
+                  provisional=bool(payload.get("provisional", False)))
     source = set(split.train) | set(split.val)
     target = {c for ids in split.test.values() for c in ids}
+    target_val = {c for ids in split.target_val.values() for c in ids}
+    if target_val & target:
+        raise DataError(f"{path}: cases {sorted(target_val & target)[:5]} are in both target_val and test.")
+    target |= target_val
     if source & target:
         raise DataError(f"{path}: cases {sorted(source & target)[:5]} are in both source and target splits.")
     if set(split.train) & set(split.val):
@@ -91,6 +104,24 @@ def load_split(path: Path) -> Split:
         if not set(ids) <= set(split.train):
             raise DataError(f"{path}: few-shot subset {k} has cases outside the training split.")
     return split
+
+
+SPLIT_KEYS = ("train", "val", "target_val", "test", "fewshot")
+
+
+def split_difference(old: dict, new: dict) -> str:
+    """'' when two split payloads name the same cases in the same roles, else a short description."""
+    parts = []
+    for key in SPLIT_KEYS:
+        ga, gb = (g if isinstance(g, dict) else {"": g or []} for g in (old.get(key), new.get(key)))
+        for sub in sorted(set(ga) | set(gb)):
+            x, y = list(ga.get(sub, [])), list(gb.get(sub, []))
+            if x != y:
+                gone, added = [c for c in x if c not in y], [c for c in y if c not in x]
+                name = f"{key}[{sub}]" if sub else key
+                parts.append(f"{name}: " + (f"-{len(gone)} {gone[:3]} +{len(added)} {added[:3]}"
+                                            if gone or added else "same cases, other order"))
+    return "; ".join(parts)
 
 
 def write_split(path: Path, payload: dict) -> None:
@@ -109,6 +140,7 @@ class DatasetAdapter:
     source_domains: tuple[str, ...] = ()
     target_domains: tuple[str, ...] = ()
     spacing: tuple[float, float, float] | None = None   # target spacing (mm); None keeps native
+    ct_window: tuple[float, float] = (-1024.0, 1024.0)   # HU range mapped to [0, 1] for CT domains
     sided: bool = False                      # left/right labels: no flips or 90° rotations
     label_remap: dict[int, int] = {}
     train_defaults: dict = {}                # TrainConfig overrides for this dataset
@@ -125,7 +157,78 @@ class DatasetAdapter:
         return splits_dir() / f"{self.name}.json"
 
     def split(self) -> Split:
-        return load_split(self.split_path)
+        """The committed split; for a split derived from the files, the one `prepare` realised
+        (a provisional, empty stand-in until then, so that runs can be planned without data)."""
+        rule = None if self.split_path.exists() else self.split_rule()
+        if rule is None:
+            return load_split(self.split_path)
+        path = self.realised_split_path
+        if not path.exists():
+            payload = {"dataset": self.name, "provisional": True, "rule": rule.get("rule", ""),
+                       "rule_sha1": rule["sha1"], "train": [], "val": [],
+                       "test": {d: [] for d in self.target_domains},
+                       "fewshot": {str(n): [] for n in rule.get("fewshot", [])}}
+            return Split(self.name, [], [], payload["test"], payload["fewshot"], rule=payload["rule"],
+                         sha1=content_sha1(payload), path=path, provisional=True)
+        recorded = json.loads(path.read_text()).get("rule_sha1")
+        if recorded != rule["sha1"]:
+            raise DataError(f"{path}: realised with another version of {rule['path']} (rule checksum "
+                            f"{recorded}, now {rule['sha1']}). Run `dgbench prepare {self.name} --root PATH` "
+                            f"again to re-derive the split.")
+        return load_split(path)
+
+    # -- splits derived from the files (case ids only known once the data is read) ----------------
+    @property
+    def realised_split_path(self) -> Path:
+        """Where `prepare` records a split derived from the files: next to the cache."""
+        return cache_dir() / "splits" / f"{self.name}.json"
+
+    def split_rule(self) -> dict | None:
+        """The committed derivation rule (`splits/<name>.rule.json`, checksum verified) of a dataset
+        whose case ids are only known from the files, or None when the split file lists the cases."""
+        path = splits_dir() / f"{self.name}.rule.json"
+        if not path.exists():
+            return None
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: split rule file is not valid JSON ({e}).") from e
+        sha = content_sha1(payload)
+        if payload.get("sha1") and payload["sha1"] != sha:
+            raise DataError(f"{path}: rule content does not match its recorded checksum; restore it with git.")
+        return {**payload, "sha1": sha, "path": str(path)}
+
+    def derive_split(self, cases: list[Case], rule: dict) -> dict:
+        """train / val / target_val / test / fewshot that the rule gives for the cases found."""
+        raise NotImplementedError(f"{self.name}: {rule.get('path')} exists but the adapter has no derive_split")
+
+    def split_for(self, cases: list[Case]) -> Split:
+        """The split `prepare` caches for the cases found. A committed list is returned as is. A split
+        derived from the files is realised the first time (written with its checksum) and must come
+        out the same ever after: a change is refused, never applied silently."""
+        rule = self.split_rule()
+        if rule is None:
+            return self.split()
+        payload = {"dataset": self.name, "rule": rule.get("rule", ""), "rule_sha1": rule["sha1"],
+                   **self.derive_split(cases, rule)}
+        committed = self.split_path.exists()
+        frozen = self.split_path if committed else self.realised_split_path
+        if frozen.exists():
+            old = json.loads(frozen.read_text())
+            diff = split_difference(old, payload)
+            if diff:
+                how = ("Check that the download is complete; if the release really differs, the committed "
+                       "file must be replaced (a reviewed change)." if committed else
+                       f"If the data changed on purpose (a newer release, a completed download), delete {frozen} "
+                       f"and prepare again: runs keep the split checksum they were made with, so old and new "
+                       f"results are never mixed.")
+                raise DataError(f"{frozen}: the files found give a different {self.name} split than the one "
+                                f"{'committed' if committed else 'realised when the dataset was first prepared'}"
+                                f" ({diff}). {how}")
+            if committed or old.get("rule_sha1") == rule["sha1"]:
+                return load_split(frozen)
+        write_split(self.realised_split_path, payload)
+        return load_split(self.realised_split_path)
 
     def default_root(self) -> Path:
         env = os.environ.get(f"DGBENCH_{self.name.upper().replace('-', '_')}_ROOT")

@@ -24,14 +24,15 @@ from dgbench.data.io import DataError, check_labels, check_pair, load_nifti
 from dgbench.rundir import atomic_write_bytes, atomic_write_json
 
 PREP_VERSION = 1
-CT_WINDOW = (-1024.0, 1024.0)
 FG_SAMPLES = 2000   # stored foreground voxel coordinates per class, for oversampling
 
 
 def cache_key(adapter: DatasetAdapter) -> str:
     params = {"dataset": adapter.name, "version": PREP_VERSION, "spacing": adapter.spacing,
               "modalities": adapter.domains, "remap": {str(k): v for k, v in adapter.label_remap.items()},
-              "classes": {str(k): v for k, v in adapter.classes.items()}, "ct_window": CT_WINDOW}
+              "classes": {str(k): v for k, v in adapter.classes.items()}, "ct_window": list(adapter.ct_window)}
+    if getattr(adapter, "cache_tag", ""):   # e.g. which user folder / which image variant
+        params["tag"] = adapter.cache_tag
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -39,11 +40,11 @@ def prepared_dir(adapter: DatasetAdapter) -> Path:
     return cache_dir() / "prepared" / f"{adapter.name}-{cache_key(adapter)}"
 
 
-def normalise(img: np.ndarray, modality: str) -> np.ndarray:
-    """CT: window -1024..1024 HU to [0,1], clipped. MR: per-volume min-max to [0,1]."""
+def normalise(img: np.ndarray, modality: str, ct_window=(-1024.0, 1024.0)) -> np.ndarray:
+    """CT: the dataset's HU window (default -1024..1024) to [0,1], clipped. MR: per-volume min-max to [0,1]."""
     img = img.astype(np.float32)
     if modality == "ct":
-        lo, hi = CT_WINDOW
+        lo, hi = ct_window
         return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
     lo, hi = float(img.min()), float(img.max())
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
@@ -62,7 +63,7 @@ def preprocess_case(adapter: DatasetAdapter, case: Case) -> tuple[np.ndarray, np
     check_pair(case.image, img.shape, img_aff, case.label, lbl.shape, lbl_aff)
     lbl = check_labels(case.label, adapter.remap_labels(np.asarray(lbl)), adapter.n_classes)
     modality = adapter.domains[case.domain]
-    img = normalise(np.asarray(img), modality)
+    img = normalise(np.asarray(img), modality, adapter.ct_window)
     img = resample(img, spacing, adapter.spacing, order=1).astype(np.float32)
     lbl = resample(lbl, spacing, adapter.spacing, order=0).astype(np.uint8)
     rng = np.random.default_rng(0)
@@ -103,8 +104,9 @@ def prepare(adapter: DatasetAdapter, root: Path | None = None, workers: int = 1,
     from tqdm import tqdm
     root = Path(root) if root else adapter.default_root()
     adapter.ensure_raw(root)
-    split = adapter.split()
-    found = {c.case_id: c for c in adapter.find_cases(root)}
+    cases = adapter.find_cases(root)
+    split = adapter.split_for(cases)   # a split derived from the files is realised (and checked) here
+    found = {c.case_id: c for c in cases}
     missing = [c for c in split.all_cases() if c not in found]
     if missing:
         raise DataError(f"{split.path}: {len(missing)} split case(s) not found under {root}: "
@@ -126,10 +128,43 @@ def prepare(adapter: DatasetAdapter, root: Path | None = None, workers: int = 1,
             bar.update()
     bar.close()
     index = {"dataset": adapter.name, "key": cache_key(adapter), "root": str(root), "split_sha1": split.sha1,
-             "cases": {m["case"]: {k: m[k] for k in ("domain", "modality", "shape", "classes_present")}
+             "split_path": str(split.path),
+             "cases": {m["case"]: {k: m[k] for k in ("domain", "modality", "shape", "classes_present",
+                                                     "source_spacing")}
                        for m in metas}}
     atomic_write_json(out / "index.json", index)
     return index
+
+
+def summary(adapter: DatasetAdapter, index: dict) -> str:
+    """What `dgbench prepare` prints: cases per domain, spacing and size statistics, and anything odd
+    (classes absent from a whole domain, cases without foreground, strong resampling, adapter notes)."""
+    by_dom: dict[str, list[dict]] = {}
+    for c in index["cases"].values():
+        by_dom.setdefault(c["domain"], []).append(c)
+    lines = ["per domain: cases, source spacing in mm and cached size in voxels (median [min - max])"]
+    problems = list(getattr(adapter, "notes", []))
+    for dom, cs in sorted(by_dom.items()):
+        sp, sh = np.array([c["source_spacing"] for c in cs]), np.array([c["shape"] for c in cs])
+        fmt = lambda a, f: "x".join(f % v for v in a)
+        lines.append(f"  {dom} ({cs[0]['modality']}): {len(cs)} cases, spacing {fmt(np.median(sp, 0), '%.2f')} "
+                     f"[{fmt(sp.min(0), '%.2f')} - {fmt(sp.max(0), '%.2f')}], size {fmt(np.median(sh, 0), '%d')} "
+                     f"[{fmt(sh.min(0), '%d')} - {fmt(sh.max(0), '%d')}]")
+        absent = sorted(set(range(1, adapter.n_classes)) - {k for c in cs for k in c["classes_present"]})
+        if absent:
+            problems.append(f"{dom}: classes absent from every case: "
+                            + ", ".join(f"{k} {adapter.classes.get(k, '?')}" for k in absent))
+        empty = [k for k, c in index["cases"].items() if c["domain"] == dom and not c["classes_present"]]
+        if empty:
+            problems.append(f"{dom}: {len(empty)} case(s) without any foreground label: {empty[:5]}")
+        if adapter.spacing is not None:
+            zoom = np.median(sp, 0) / np.asarray(adapter.spacing)
+            if zoom.max() > 4 or zoom.min() < 0.25:
+                problems.append(f"{dom}: resampling to {adapter.spacing} mm zooms the median case by "
+                                f"{fmt(zoom, '%.2g')} per axis; check the dataset spacing (docs/datasets.md)")
+    lines.append(f"split: {index.get('split_path', '?')} (sha1 {index['split_sha1'][:12]})")
+    lines += [f"note: {p}" for p in problems] or ["no problems found"]
+    return "\n".join(lines)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The embedded synthetic DG benchmark: procedural anatomy rendered in four domains.
 
 Anatomy (deterministic from a case seed): a body (fat rim around soft tissue) holding a
-large organ ("liver"), a pair of small organs ("kidneys"), a curved tube ("aorta") and one or
-two small lesions inside the large organ, all warped by a smooth random deformation.
+large organ ("liver"), a pair of small organs ("kidneys"), a curved tube ("aorta") and a
+mid-sized organ on the other side ("spleen"), all warped by a smooth random deformation.
 
 Domains (fixed before any method was compared; see README "The embedded benchmark"):
 - ``ct``          source. CT in Hounsfield units, contrast-enhanced, 1.5 mm isotropic.
@@ -21,16 +21,16 @@ from scipy import ndimage
 GENERATOR_VERSION = "synth-v1"
 SHAPE = (48, 48, 48)
 SPACING = (2.0, 2.0, 2.0)
-CLASSES = {0: "background", 1: "liver", 2: "kidneys", 3: "aorta", 4: "lesion"}
-# tissue codes used for rendering: 0 air, 1 fat, 2 soft tissue, 3.. = class k + 2
+CLASSES = {0: "background", 1: "liver", 2: "kidneys", 3: "aorta", 4: "spleen"}
+# tissue codes used for rendering: 0 air, 1 fat, 2 soft tissue, 3.. = class (code - 2)
 N_TISSUE = 7
 
-# mean intensity per tissue (air, fat, soft, liver, kidney, aorta, lesion) for each domain
+# mean intensity per tissue (air, fat, soft, liver, kidney, aorta, spleen) for each domain
 CONTRASTS = {
-    "ct":          np.array([-1000.0, -100.0, 40.0, 110.0, 180.0, 280.0, 50.0]),
-    "mri":         np.array([0.0, 800.0, 300.0, 450.0, 250.0, 80.0, 200.0]),
-    "ct-scanner2": np.array([-1000.0, -110.0, 45.0, 120.0, 200.0, 160.0, 70.0]),
-    "ct-thick":    np.array([-1000.0, -100.0, 40.0, 110.0, 180.0, 280.0, 50.0]),
+    "ct":          np.array([-1000.0, -100.0, 40.0, 110.0, 180.0, 280.0, 140.0]),
+    "mri":         np.array([0.0, 800.0, 300.0, 450.0, 250.0, 80.0, 330.0]),
+    "ct-scanner2": np.array([-1000.0, -110.0, 45.0, 120.0, 200.0, 160.0, 125.0]),
+    "ct-thick":    np.array([-1000.0, -100.0, 40.0, 110.0, 180.0, 280.0, 140.0]),
 }
 DOMAIN_MODALITY = {"ct": "ct", "mri": "mr", "ct-scanner2": "ct", "ct-thick": "ct"}
 THICK_FACTOR = 4
@@ -58,7 +58,7 @@ def _ellipsoid(grid: np.ndarray, centre, radii, rot: np.ndarray) -> np.ndarray:
 
 
 def make_tissue_map(seed: int, shape=SHAPE) -> np.ndarray:
-    """Tissue codes (0 air .. 6 lesion) of one synthetic subject, deterministic from `seed`."""
+    """Tissue codes (0 air .. 6 spleen) of one synthetic subject, deterministic from `seed`."""
     rng = np.random.default_rng([seed, 7919])
     axes = [np.linspace(-1, 1, s) for s in shape]
     grid = np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
@@ -73,20 +73,18 @@ def make_tissue_map(seed: int, shape=SHAPE) -> np.ndarray:
     t[liver] = 3
     zc = rng.uniform(-0.2, 0.2)
     for side in (-1, 1):
-        c = (side * rng.uniform(0.4, 0.5), rng.uniform(0.25, 0.4), zc + rng.uniform(-0.1, 0.1))
-        t[_ellipsoid(g, c, rng.uniform([0.13, 0.11, 0.2], [0.17, 0.14, 0.28]), _rotation(rng, 0.4))] = 4
+        c = (side * rng.uniform(0.42, 0.5), rng.uniform(0.25, 0.38), zc + rng.uniform(-0.1, 0.1))
+        t[_ellipsoid(g, c, rng.uniform([0.17, 0.14, 0.26], [0.22, 0.18, 0.36]), _rotation(rng, 0.4))] = 4
     # aorta: a tube running along z, its centre wandering smoothly
     amp, freq, phase = rng.uniform(0.03, 0.1), rng.uniform(1.0, 2.5), rng.uniform(0, 2 * np.pi)
     cx = -0.1 + amp * np.sin(freq * g[2] + phase)
     cy = 0.35 + amp * np.cos(freq * g[2] + phase)
-    radius = rng.uniform(0.08, 0.11)
+    radius = rng.uniform(0.1, 0.13)
     tube = ((g[0] - cx) ** 2 + (g[1] - cy) ** 2 <= radius ** 2) & (np.abs(g[2]) < 0.9)
     t[tube & (t >= 2)] = 5
-    for _ in range(int(rng.integers(1, 3))):
-        idx = np.argwhere(t == 3)
-        centre = grid[(slice(None), *idx[rng.integers(len(idx))])]
-        lesion = _ellipsoid(g, centre, rng.uniform(0.09, 0.14, 3), _rotation(rng, 1.0)) & (t == 3)
-        t[lesion] = 6
+    spleen_c = (rng.uniform(-0.4, -0.25), rng.uniform(-0.2, 0.0), rng.uniform(-0.15, 0.15))
+    spleen = _ellipsoid(g, spleen_c, rng.uniform([0.2, 0.17, 0.28], [0.26, 0.22, 0.36]), _rotation(rng, 0.6))
+    t[spleen & (t == 2)] = 6
     return t
 
 

@@ -9,6 +9,9 @@ Registered names (see `build_extractor`):
                          what it is - synthetic-anatomy pretraining, tiny - and keeps it from
                          being mistaken for the published anatomix weights. It exists so that
                          MaskGen runs offline, in tests and on CPU without a 23 MB download.
+                         Trained on 32^3 canvases only: its features are contrast-stable on
+                         32^3 patches (the synthetic benchmark's size) and degrade on 48-64^3
+                         (benchmarks/feature_stability.py). Use `anatomix` for real datasets.
   anatomix-random        the anatomix architecture with fixed-seed random (Kaiming) weights:
   synthanat-tiny-random  an explicit "untrained features" control, never a silent fallback.
 
@@ -73,13 +76,15 @@ class FrozenExtractor(nn.Module):
       Callers should still build their optimiser from their own parameters only.
     - When used as a submodule, its keys are dropped from the parent's `state_dict()` and are
       not read from the checkpoint by the parent's (strict) `load_state_dict()`: checkpoints
-      stay small and the weights always come from the verified file. Record `metadata()` in the run instead.
-      (`self.net.state_dict()` still gives the weights.)
+      stay small and the weights always come from the verified file. Record `metadata()` in
+      the run instead. (`self.net.state_dict()` still gives the weights.)
     """
 
     def __init__(self, net: Unet, name: str, weights_sha1: str | None,
-                 weights_path: str | None = None, verified: bool = True):
+                 weights_path: str | None = None, verified: bool = True,
+                 trained_size: int | None = None):
         super().__init__()
+        self.trained_size = trained_size  # cube side of the pretraining canvas, if known
         self.net = net
         self.name = name
         self.weights_sha1 = weights_sha1
@@ -89,9 +94,11 @@ class FrozenExtractor(nn.Module):
         self.size_multiple = net.size_multiple
         for p in self.net.parameters():
             p.requires_grad_(False)
-        self._bns = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._bns = [m for m in self.net.modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         super().train(False)
-        hook = getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook
+        hook = (getattr(self, "register_state_dict_post_hook", None)
+                or self._register_state_dict_hook)
         hook(_drop_own_keys)
         pre = getattr(self, "register_load_state_dict_pre_hook", None)
         if pre is not None:
@@ -112,7 +119,7 @@ class FrozenExtractor(nn.Module):
         """What a run records instead of the weights themselves."""
         return {"extractor": self.name, "weights_sha1": self.weights_sha1,
                 "weights_path": self.weights_path, "weights_verified": self.weights_verified,
-                "out_channels": self.out_channels}
+                "out_channels": self.out_channels, "trained_size": self.trained_size}
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weights_sha1={self.weights_sha1!r}"
@@ -230,7 +237,7 @@ def _anatomix(weights: str | Path | None = None, verify: bool = True) -> FrozenE
     net = unet_from_state(load_state(path))
     if (net.num_downs, net.ngf, net.input_nc, net.output_nc) != (4, 16, 1, 16):
         raise ExtractorWeightsError(f"{path} is not an anatomix Unet(1, 16, num_downs=4, ngf=16)")
-    return FrozenExtractor(net, "anatomix", sha, str(path), ok)
+    return FrozenExtractor(net, "anatomix", sha, str(path), ok, trained_size=128)
 
 
 def bundled_weights(name: str = BUNDLED) -> tuple[Path, dict]:
@@ -262,7 +269,7 @@ def _synthanat_tiny(weights: str | Path | None = None, verify: bool = True) -> F
         sha, ok = git_blob_sha1(path), False
     net = unet_from_state(load_state(path))
     return FrozenExtractor(net, BUNDLED if weights is None else f"{BUNDLED}:{path.stem}", sha,
-                           str(path), ok)
+                           str(path), ok, trained_size=meta.get("size"))
 
 
 def random_extractor(ngf: int, seed: int = 0, name: str | None = None) -> FrozenExtractor:

@@ -1,0 +1,105 @@
+"""GIN and GIN+IPA (Ouyang et al., IEEE TMI 2022; methods.md §4.4, §4.5), batched on the device.
+
+GIN: a random shallow conv net, redrawn on every call and per sample (one grouped convolution
+over the batch), mixed with the input and rescaled to the input's Frobenius norm. We use one
+channel (C = 1): the network input and evaluation stay the plain image, as for ERM.
+
+GIN+IPA: three GIN views; views 1 and 2 swap two of them under a smooth random mask; view 3 is
+plain GIN. The three views go through the network as one stacked batch (the original's trick);
+the supervised loss covers view 1 only and a KL term ties the views' predictions together.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dgbench.method import Method
+from dgbench.registry import register_method
+from dgbench_methods._common import SmoothField, first_view_only, minmax, supervised_loss, view_consistency
+
+
+def gin_transform(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_sizes=(1, 3),
+                  alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """One GIN view of x (B, C, *spatial), norm-preserving per sample (before any min-max).
+
+    Layer l draws its kernel size from `kernel_sizes` (shared by the batch, as in the original),
+    its weights and biases from N(0, 1) per sample; leaky ReLU after every layer but the last."""
+    b, c = x.shape[:2]
+    sp = x.shape[2:]
+    h = x.float().reshape(1, b * c, *sp)
+    cin = c
+    for layer in range(n_layers):
+        cout = c if layer == n_layers - 1 else interm
+        k = int(kernel_sizes[torch.randint(len(kernel_sizes), (1,)).item()])
+        w = torch.randn(b * cout, cin, *([k] * len(sp)), device=x.device)
+        bias = torch.randn(b * cout, device=x.device)
+        h = F.conv3d(h, w, bias, padding=k // 2, groups=b)
+        if layer < n_layers - 1:
+            h = F.leaky_relu(h, 0.01)
+        cin = cout
+    h = h.reshape(b, c, *sp)
+    if alpha is None:
+        alpha = torch.rand(b, device=x.device)
+    alpha = alpha.view(b, *([1] * (x.ndim - 1)))
+    mixed = alpha * h + (1 - alpha) * x.float()
+    norm_in = x.float().flatten(1).norm(dim=1)
+    norm_out = mixed.flatten(1).norm(dim=1)
+    return mixed * (norm_in / (norm_out + 1e-5)).view(b, *([1] * (x.ndim - 1)))
+
+
+class _GinBase(Method):
+    def gin_view(self, x):
+        hp = self.hp
+        return minmax(gin_transform(x, hp["n_layers"], hp["interm_channels"], tuple(hp["kernel_sizes"])))
+
+    def _consistency(self, logits, y, n_views):
+        loss = supervised_loss(self.ctx)
+        return (first_view_only(loss, logits, y, n_views)
+                + self.hp["lambda_cons"] * view_consistency(logits, n_views, "from_mean"))
+
+
+@register_method("gin")
+class GIN(_GinBase):
+    """GIN views as the training input. With views > 1: stacked views, view 1 supervised, plus the
+    §4.5 consistency term (the original code's 'gin' experiment); views = 1 is input-only."""
+    defaults = {"n_layers": 4, "interm_channels": 2, "kernel_sizes": [1, 3], "views": 1, "lambda_cons": 10.0}
+    search_space = {"views": [1, 3]}
+
+    def __init__(self, hparams=None, ctx=None):
+        super().__init__(hparams, ctx)
+        if int(self.hp["views"]) < 1:
+            raise ValueError(f"gin: views must be >= 1, got {self.hp['views']}")
+
+    def train_batch(self, net, x, y):
+        n = int(self.hp["views"])
+        views = torch.cat([self.gin_view(x) for _ in range(n)])
+        return views, y.repeat(n, *([1] * (y.ndim - 1)))
+
+    def extra_loss(self, net, x, y, logits):
+        n = int(self.hp["views"])
+        return None if n == 1 else self._consistency(logits, y, n)
+
+
+@register_method("gin-ipa")
+class GinIPA(_GinBase):
+    """GIN + interventional pseudo-correlation augmentation with its consistency loss."""
+    defaults = {"n_layers": 4, "interm_channels": 2, "kernel_sizes": [1, 3], "lambda_cons": 10.0,
+                "grid_spacing": 24, "downscale": 2, "order": 2, "epsilon": 0.3}
+    search_space = {"lambda_cons": [1.0, 3.0, 10.0, 30.0]}
+
+    def blend_mask(self, batch: int, size, device) -> torch.Tensor:
+        """Smooth random mask in [0, 1] per sample: (B, 1, *size)."""
+        hp = self.hp
+        field = SmoothField(size, hp["grid_spacing"], hp["order"], hp["downscale"])
+        return minmax(field.multiplicative(field.random_points(batch, device), hp["epsilon"]))
+
+    def train_batch(self, net, x, y):
+        g1, g2, g3 = (self.gin_view(x) for _ in range(3))
+        m = self.blend_mask(x.shape[0], x.shape[2:], x.device)
+        v1 = g1 * m + g2 * (1 - m)
+        v2 = g1 * (1 - m) + g2 * m
+        views = torch.cat([v1, v2, g3])
+        return views, y.repeat(3, *([1] * (y.ndim - 1)))
+
+    def extra_loss(self, net, x, y, logits):
+        return self._consistency(logits, y, 3)

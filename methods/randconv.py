@@ -1,0 +1,70 @@
+"""RandConv (Xu et al., ICLR 2021; methods.md §4.3): random convolutions of the input, on the device.
+
+Every view draws a fresh kernel (size uniform from `kernel_sizes`, Kaiming-normal weights, zero
+padding), shared by the whole batch. `randconv` (rc_img) keeps the image unchanged with
+probability 0.5; `randconv-mix` (rc_mix) blends alpha*conv(x) + (1-alpha)*x. Outputs are mapped
+back to [0, 1] per sample.
+
+With consistency (lambda_cons > 0) three views of the clean image go through the network as
+one stacked batch; the supervised loss covers the first view only and a KL term pulls every
+view towards the views' mean prediction (3 forward/backward passes' worth of compute).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dgbench.method import Method
+from dgbench.registry import register_method
+from dgbench_methods._common import first_view_only, minmax, supervised_loss, view_consistency
+
+
+def random_conv(x: torch.Tensor, kernel_sizes=(1, 3, 5, 7), bias: bool = False) -> tuple[torch.Tensor, int]:
+    """conv(x) with one random kernel for the whole batch; returns (output, kernel size)."""
+    c, nd = x.shape[1], x.ndim - 2
+    k = int(kernel_sizes[torch.randint(len(kernel_sizes), (1,)).item()])
+    fan_in = c * k ** nd
+    w = torch.randn(c, c, *([k] * nd), device=x.device) / fan_in ** 0.5
+    b = (torch.rand(c, device=x.device) * 2 - 1) / fan_in ** 0.5 if bias else None
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+    return conv(x.float(), w, b, padding=k // 2), k
+
+
+@register_method("randconv")
+class RandConv(Method):
+    """rc_img: with probability `identity_prob` the clean image, else a random convolution of it."""
+    defaults = {"kernel_sizes": [1, 3, 5, 7], "mixing": False, "identity_prob": 0.5, "bias": False,
+                "lambda_cons": 5.0}
+    search_space = {"lambda_cons": [0.0, 1.0, 5.0, 10.0]}
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        hp = self.hp
+        if not hp["mixing"] and hp["identity_prob"] > 0 and torch.rand(()).item() < hp["identity_prob"]:
+            return x.float()
+        out, _ = random_conv(x, tuple(hp["kernel_sizes"]), hp["bias"])
+        if hp["mixing"]:
+            a = torch.rand((), device=x.device)
+            out = a * out + (1 - a) * x.float()
+        return minmax(out)
+
+    @property
+    def n_views(self) -> int:
+        return 3 if self.hp["lambda_cons"] > 0 else 1
+
+    def train_batch(self, net, x, y):
+        n = self.n_views
+        views = torch.cat([self.view(x) for _ in range(n)])
+        return views, y.repeat(n, *([1] * (y.ndim - 1)))
+
+    def extra_loss(self, net, x, y, logits):
+        n = self.n_views
+        if n == 1:
+            return None
+        return (first_view_only(supervised_loss(self.ctx), logits, y, n)
+                + self.hp["lambda_cons"] * view_consistency(logits, n, "to_mean"))
+
+
+@register_method("randconv-mix")
+class RandConvMix(RandConv):
+    """rc_mix: alpha*conv(x) + (1-alpha)*x with alpha ~ U(0, 1) redrawn with every kernel."""
+    defaults = {**RandConv.defaults, "mixing": True, "identity_prob": 0.0, "lambda_cons": 10.0}

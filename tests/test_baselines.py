@@ -1,0 +1,325 @@
+"""Baseline methods (methods.md §4): each method's mechanism, then every method for a few steps
+through the real loop on the embedded benchmark."""
+import copy
+import csv
+
+import numpy as np
+import pytest
+import torch
+from monai import transforms as T
+
+from conftest import TINY_TRAIN
+from dgbench.data.sampling import standard_augmentation
+from dgbench.method import MethodContext
+from dgbench.models.backbones import build_backbone
+from dgbench.registry import METHODS
+from dgbench.spec import TrainConfig
+
+BASELINES = ["heavyaug", "bigaug", "randconv", "randconv-mix", "gin", "gin-ipa", "mixstyle", "dsu",
+             "slaug", "synthseg", "synthseg-mix", "advbias"]
+PATCH = (32, 32, 32)
+
+
+class FakeDataset:
+    def __init__(self, sided: bool, n_classes: int = 3):
+        self.sided, self.n_classes = sided, n_classes
+
+
+def ctx(sided=False, n_classes=3):
+    return MethodContext(FakeDataset(sided, n_classes), TrainConfig(patch_size=PATCH), torch.device("cpu"))
+
+
+def make(name, sided=False, n_classes=3, **hp):
+    return METHODS.get(name)(hp, ctx(sided, n_classes))
+
+
+def blob_label(shape=PATCH):
+    lab = np.zeros((1, *shape), np.float32)
+    lab[0, 6:20, 8:26, 5:24] = 1
+    lab[0, 18:28, 3:12, 12:22] = 2
+    return lab
+
+
+def pipeline(m, sided):
+    sp, it = standard_augmentation(PATCH, 0.33, sided)
+    return m.augmentation(sp, it)
+
+
+def walk(transforms):
+    for t in transforms:
+        yield t
+        yield from walk(getattr(t, "transforms", ()))
+
+
+# --- feature statistics ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["mixstyle", "dsu"])
+@pytest.mark.parametrize("backbone", ["unet", "dynunet"])
+def test_feature_stats_change_in_training_identity_in_eval(name, backbone):
+    torch.manual_seed(0)
+    net = build_backbone(backbone, 1, 3, width=4, levels=3)
+    ref = copy.deepcopy(net)
+    wrapped = make(name, p=1.0).wrap_network(net)
+    assert len(wrapped.feature_stats) >= 1
+    assert wrapped.state_dict().keys() == ref.state_dict().keys()         # checkpoints unchanged
+    x = torch.rand(3, 1, 32, 32, 32)
+    wrapped.eval(), ref.eval()
+    assert torch.equal(wrapped(x), ref(x))                                 # exact identity at eval
+    for mod in wrapped.feature_stats:
+        assert mod(x) is x
+    train_ref = copy.deepcopy(ref).train()
+    assert not torch.allclose(wrapped.train()(x), train_ref(x), atol=1e-4)  # the hooks act in training
+
+
+def test_mixstyle_mixes_statistics_between_samples():
+    from dgbench_methods.mixstyle import MixStyle
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8, 8) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1, 1) \
+        + torch.tensor([0.0, 5.0, 10.0, 15.0]).view(4, 1, 1, 1, 1)
+    out = MixStyle(p=1.0).train()(x)
+    mu_in, mu_out = x.mean((2, 3, 4)), out.mean((2, 3, 4))
+    assert not torch.allclose(mu_in, mu_out, atol=1e-3)
+    # every output mean is a convex combination of two input means of the same channel
+    lo, hi = mu_in.min(0).values, mu_in.max(0).values
+    assert ((mu_out >= lo - 1e-4) & (mu_out <= hi + 1e-4)).all()
+    # normalised content is kept: per-sample standardised maps are unchanged
+    z = lambda t: (t - t.mean((2, 3, 4), keepdim=True)) / t.std((2, 3, 4), keepdim=True)  # noqa: E731
+    assert torch.allclose(z(out), z(x), atol=1e-3)
+
+
+def test_dsu_resamples_statistics_with_gradients():
+    from dgbench_methods.mixstyle import DSU
+    torch.manual_seed(0)
+    x = (torch.randn(4, 2, 8, 8, 8) * 3 + 1).requires_grad_(True)
+    out = DSU(p=1.0).train()(x)
+    assert not torch.allclose(out.mean((2, 3, 4)), x.mean((2, 3, 4)), atol=1e-3)
+    out.sum().backward()                                                    # statistics not detached
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# --- GIN / IPA -----------------------------------------------------------------------------------
+
+def test_gin_preserves_norm_and_redraws_kernels_per_call_and_sample():
+    from dgbench_methods.gin import gin_transform
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 16, 16, 16).repeat(3, 1, 1, 1, 1)                  # three identical samples
+    g1, g2 = gin_transform(x), gin_transform(x)
+    assert torch.allclose(g1.flatten(1).norm(dim=1), x.flatten(1).norm(dim=1), rtol=1e-4)
+    assert not torch.allclose(g1, g2)                                       # redrawn every call
+    assert not torch.allclose(g1[0], g1[1]) and not torch.allclose(g1[1], g1[2])   # and per sample
+    views, y = make("gin", views=3).train_batch(None, x, torch.zeros(3, 1, 16, 16, 16, dtype=torch.long))
+    assert views.shape[0] == y.shape[0] == 9 and views.min() >= 0 and views.max() <= 1
+
+
+def test_ipa_mask_is_smooth_in_unit_interval_and_blends_complementary_views():
+    m = make("gin-ipa")
+    torch.manual_seed(0)
+    mask = m.blend_mask(2, (64, 64, 64), "cpu")
+    assert mask.shape == (2, 1, 64, 64, 64)
+    assert mask.min() >= 0 and mask.max() <= 1
+    assert torch.allclose(mask.flatten(1).amin(1), torch.zeros(2)) and torch.allclose(mask.flatten(1).amax(1), torch.ones(2))
+    steps = [mask.diff(dim=d).abs().max().item() for d in (2, 3, 4)]
+    assert max(steps) < 0.1                                                 # smooth: no jumps between voxels
+    assert not torch.allclose(mask[0], mask[1])
+    # views 1 and 2 swap two GIN views under m and 1 - m; view 3 is plain
+    g = iter([torch.zeros(2, 1, 32, 32, 32), torch.ones(2, 1, 32, 32, 32), torch.full((2, 1, 32, 32, 32), 0.5)])
+    m.gin_view = lambda x: next(g)
+    v, y = m.train_batch(None, torch.rand(2, 1, 32, 32, 32), torch.zeros(2, 1, 32, 32, 32, dtype=torch.long))
+    v1, v2, v3 = v.chunk(3)
+    assert torch.allclose(v1 + v2, torch.ones_like(v1)) and (v3 == 0.5).all() and y.shape[0] == 6
+    assert v1.std() > 0.05                                                  # a spatially varying mask
+
+
+# --- RandConv --------------------------------------------------------------------------------------
+
+def test_randconv_kernel_sizes_from_its_set_and_one_kernel_per_batch():
+    from dgbench_methods.randconv import random_conv
+    x = torch.zeros(2, 1, 15, 15, 15)
+    x[:, 0, 7, 7, 7] = 1.0                                                   # the same impulse twice
+    seen = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        out, k = random_conv(x, (1, 3, 5, 7))
+        assert k in (1, 3, 5, 7)
+        nz = out[0, 0].abs() > 0
+        extent = [int(nz.any(dim=tuple(a for a in range(3) if a != d)).sum()) for d in range(3)]
+        assert extent == [k, k, k]                                          # the impulse response is k wide
+        assert torch.equal(out[0], out[1])                                  # one kernel for the whole batch
+        seen.add(k)
+    assert seen == {1, 3, 5, 7}
+    m = make("randconv")
+    torch.manual_seed(0)
+    img = torch.rand(2, 1, 16, 16, 16)
+    views = [m.view(img) for _ in range(40)]
+    same = sum(torch.equal(v, img) for v in views)
+    assert 8 <= same <= 32                                                  # rc_img: identity with p 0.5
+    assert all(v.min() >= 0 and v.max() <= 1 for v in views)
+
+
+# --- consistency losses ----------------------------------------------------------------------------
+
+def test_consistency_losses_zero_for_identical_predictions():
+    from dgbench_methods._common import first_view_only, supervised_loss, view_consistency
+    torch.manual_seed(0)
+    one = torch.randn(2, 4, 6, 6, 6)
+    same = one.repeat(3, 1, 1, 1, 1)
+    for direction in ("to_mean", "from_mean"):
+        assert view_consistency(same, 3, direction).abs() < 1e-6
+        assert view_consistency(torch.randn(6, 4, 6, 6, 6), 3, direction) > 1e-3
+    y = torch.randint(0, 4, (2, 1, 6, 6, 6)).repeat(3, 1, 1, 1, 1)
+    for name in ("randconv", "gin-ipa"):
+        assert make(name).extra_loss(None, None, y, same).abs() < 1e-6
+    a = make("advbias")
+    assert a.extra_loss(None, None, y[:4], one.repeat(2, 1, 1, 1, 1)).abs() < 1e-6
+    # the first-view correction: loop loss + correction == loss of view 0, in value and gradient
+    logits = torch.randn(6, 4, 6, 6, 6, requires_grad=True)
+    yy = torch.randint(0, 4, (6, 1, 6, 6, 6))
+    loss = supervised_loss()
+    total = loss(logits, yy) + first_view_only(loss, logits, yy, 3)
+    (g_total,) = torch.autograd.grad(total, logits)
+    target = loss(logits[:2], yy[:2])
+    (g_target,) = torch.autograd.grad(target, logits)
+    assert torch.allclose(total, target, atol=1e-6) and torch.allclose(g_total, g_target, atol=1e-7)
+
+
+# --- SLAug ---------------------------------------------------------------------------------------------
+
+def test_slaug_curves_and_saliency_fusion():
+    from dgbench_methods.slaug import global_la, local_la, sbf_map
+    torch.manual_seed(0)
+    ramp = torch.linspace(0, 1, 16 ** 3).view(1, 1, 16, 16, 16)
+    g = global_la(ramp).flatten()
+    assert (g.diff() >= -1e-6).all() and g.min() >= 0 and g.max() <= 1    # GLA: increasing curve
+    lla = local_la(ramp, torch.zeros_like(ramp, dtype=torch.long), n_classes=2).flatten()
+    keep = ramp.flatten() <= 0.01
+    assert torch.equal(lla[keep], ramp.flatten()[keep])                     # near-black voxels untouched
+    assert (lla[~keep].diff() <= 1e-6).all()                                # background curve decreasing
+    s = sbf_map(torch.randn(2, 1, 24, 24, 24))
+    assert s.min() >= 0 and s.max() <= 1 and s.diff(dim=2).abs().max() < 0.3
+    m = make("slaug", n_classes=3)
+    net = build_backbone("unet", 1, 3, width=4, levels=2)
+    x, y = torch.rand(2, 1, 32, 32, 32), torch.from_numpy(blob_label()).long()[None].repeat(2, 1, 1, 1, 1)
+    fused, y2 = m.train_batch(net, x, y)
+    assert fused.shape == x.shape and torch.equal(y2, y) and fused.min() >= 0 and fused.max() <= 1
+    assert all(p.grad is None for p in net.parameters())                    # saliency: input gradient only
+    gla_loss = m.extra_loss(net, fused, y, net(fused))
+    assert gla_loss.requires_grad and m.extra_loss(net, fused, y, None) is None   # handed over once
+
+
+# --- SynthSeg -----------------------------------------------------------------------------------------
+
+def test_synthseg_voxels_of_a_label_share_one_gaussian_and_label_is_kept():
+    m = make("synthseg", n_classes=3)
+    torch.manual_seed(0)
+    y = torch.from_numpy(blob_label()).long()[None].repeat(2, 1, 1, 1, 1)
+    img = m.gmm(y)
+    for b in range(2):
+        means = []
+        for lab in range(3):
+            v = img[b][y[b] == lab]
+            assert 25 - 3 < v.mean() < 225 + 3 and 5 * 0.8 < v.std() < 25 * 1.2
+            means.append(v.mean().item())
+        assert len({round(mu) for mu in means}) == 3                        # one component per label
+    plain = make("synthseg", n_classes=3, nonlin_std=0.0, bias_std=0.0, gamma_std=0.0, prob_min=1.0)
+    x = torch.rand(2, 1, 32, 32, 32)
+    out, y_out = plain.train_batch(None, x, y)
+    assert torch.equal(y_out, y) and out.min() == 0 and out.max() == 1
+    assert not torch.allclose(out, x)                                       # the image is replaced
+    for b in range(2):                                                      # min-max keeps one Gaussian per label
+        stds = [out[b][y[b] == lab].std() for lab in range(3)]
+        assert max(stds) < 0.5 * out[b].std() * 3
+    # deformation moves image and label together
+    lab = y.float()
+    xd, yd = m.deform(lab, y)
+    assert (xd.round().long() == yd).float().mean() > 0.97 and not torch.equal(yd, y)
+
+
+# --- AdvBias ------------------------------------------------------------------------------------------
+
+def test_advbias_search_leaves_bn_stats_and_grads_alone():
+    m = make("advbias", n_classes=3, steps=2)
+    torch.manual_seed(0)
+    net = build_backbone("unet", 1, 3, width=4, levels=2).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, y = torch.rand(2, 1, 32, 32, 32), torch.randint(0, 3, (2, 1, 32, 32, 32))
+    xb, yb = m.train_batch(net, x, y)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())    # running stats untouched
+    assert all(p.grad is None for p in net.parameters())
+    assert xb.shape[0] == 4 and torch.equal(xb[:2], x) and torch.equal(yb[2:], y)
+    assert xb[2:].min() >= 0 and xb[2:].max() <= 1 and not torch.allclose(xb[2:], x)
+    field = m.field(x.shape[2:]).multiplicative(m.field(x.shape[2:]).random_points(2), 0.3)
+    assert field.min() >= 0.7 - 1e-5 and field.max() <= 1.3 + 1e-5
+
+
+# --- CPU pipelines: alignment and sided datasets ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["erm", "heavyaug", "bigaug", "synthseg"])
+def test_geometric_transforms_keep_image_and_label_aligned(name):
+    from dgbench_methods._common import geometric
+    geo = geometric(pipeline(make(name, sided=False), sided=False))
+    for t in walk(geo):
+        if hasattr(t, "prob"):
+            t.prob = 1.0                                                   # every geometric transform fires
+    tr = T.Compose(geo)
+    lab = blob_label()
+    for seed in range(3):
+        tr.set_random_state(seed=seed)
+        out = tr({"image": lab.copy(), "label": lab.copy()})
+        img, lbl = np.rint(np.asarray(out["image"])), np.asarray(out["label"])
+        assert img.shape == lbl.shape == lab.shape
+        for k in (1, 2):       # bilinear image vs nearest label: only boundaries (blurred by stacking) differ
+            a, b = img == k, lbl == k
+            assert (a & b).sum() / a.sum() > 0.9 and a.sum() > 0.5 * b.sum()
+            ca, cb = np.argwhere(a).mean(0), np.argwhere(b).mean(0)
+            assert np.abs(ca - cb).max() < 1.5
+
+
+@pytest.mark.parametrize("name", ["erm"] + BASELINES)
+def test_sided_datasets_get_no_flips(name):
+    banned = (T.RandFlipd, T.RandAxisFlipd, T.RandRotate90d, T.Flipd, T.Rotate90d)
+    names = {type(t).__name__ for t in walk(pipeline(make(name, sided=True), sided=True))}
+    assert not names & {c.__name__ for c in banned} and "RandTransposed" not in names
+    if name == "heavyaug":                                                  # unsided: DA5 mirrors and transposes
+        free = {type(t).__name__ for t in walk(pipeline(make(name, sided=False), sided=False))}
+        assert {"RandFlipd", "RandRotate90d", "RandTransposed"} <= free
+
+
+def test_replaced_intensity_pipelines_still_reach_unit_range():
+    lab = blob_label()
+    for name in ("heavyaug", "bigaug"):
+        tr = T.Compose(pipeline(make(name), sided=False) + [T.ScaleIntensityd(["image"], minv=0.0, maxv=1.0)])
+        for seed in range(3):
+            tr.set_random_state(seed=seed)
+            out = tr({"image": np.random.default_rng(seed).random((1, *PATCH), dtype=np.float32), "label": lab.copy()})
+            img = np.asarray(out["image"])
+            assert np.isfinite(img).all() and img.min() == 0 and img.max() == 1
+            assert set(np.unique(np.asarray(out["label"]))) <= {0, 1, 2}
+
+
+# --- end to end -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def few_eval_cases(monkeypatch):
+    """Evaluate one validation case and one target case only (the mechanism under test is the
+    method's hooks in the loop; the evaluator has its own tests)."""
+    import dgbench.train as train
+    from dgbench.registry import DATASETS
+    split = DATASETS.get("synth")().split()
+    wanted = {split.val[0], sorted(split.test.items())[0][1][0]}
+    real = train.evaluate_cases
+
+    def subset(net, method, prepared, cases, *args, **kwargs):
+        return real(net, method, prepared, [c for c in cases if c[1] in wanted], *args, **kwargs)
+    monkeypatch.setattr(train, "evaluate_cases", subset)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_baseline_trains_end_to_end(name, tmp_path, synth_prepared, few_eval_cases):
+    from dgbench.rundir import RunDir
+    from dgbench.spec import resolve
+    from dgbench.train import execute
+    spec = resolve("synth", name, seed=0, train={**TINY_TRAIN, "steps": 1, "val_every": 1, "ckpt_every": 1})
+    assert execute(spec, tmp_path, progress=False) == "done", (RunDir.for_run(tmp_path, spec.run_id).failed_file.read_text()
+                                                             if RunDir.for_run(tmp_path, spec.run_id).failed_file.exists() else "")
+    rows = list(csv.DictReader(open(RunDir.for_run(tmp_path, spec.run_id).metrics_file)))
+    assert rows and {r["method"] for r in rows} == {name}
