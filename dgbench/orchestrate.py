@@ -286,6 +286,14 @@ def _local_worker(spec: dict, results: str, gpu: str | None, threads: int | None
     sys.exit({"done": 0, "failed": EXIT_FAILED, "busy": EXIT_BUSY}.get(state, 1))
 
 
+def _progress_steps(rd: RunDir, spec: RunSpec) -> int:
+    """Steps a run has reached, from its files (heartbeat; all of them once done)."""
+    if rd.done_file.exists():
+        return spec.train.steps
+    hb = rd.heartbeat()
+    return int(hb.get("step", 0)) if hb else 0
+
+
 class LocalExecutor:
     """A pool of ``workers`` processes on this machine; one fresh (spawned) process per run, so a
     crashed or killed run never takes the pool down. With ``gpus`` (e.g. "0,1"), worker slot i
@@ -311,8 +319,14 @@ class LocalExecutor:
         queue, states = list(specs), {}
         free = list(range(self.workers))
         running: dict[Any, tuple[RunSpec, int]] = {}
+        from tqdm import tqdm
+        bar = tqdm(total=sum(s.train.steps for s in specs), desc=f"{len(specs)} runs, {self.workers} workers",
+                   unit="step", leave=False)
         try:
             while queue or running:
+                bar.n = sum(_progress_steps(RunDir.for_run(results, s.run_id), s) for s in specs)
+                bar.set_postfix(done=len(states))
+                bar.refresh()
                 while queue and free:
                     spec, slot = queue.pop(0), free.pop(0)
                     gpu = self.gpus[slot % len(self.gpus)] if self.gpus else None
@@ -328,7 +342,9 @@ class LocalExecutor:
                     free.append(slot)
                     rd = RunDir.for_run(results, spec.run_id)
                     states[spec.run_id] = "busy" if p.exitcode == EXIT_BUSY else _final_state(rd)
+            bar.close()
         except BaseException:
+            bar.close()
             for p in running:                # leave the runs resumable, never orphaned
                 p.terminate()
             for p in running:

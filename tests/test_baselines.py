@@ -62,13 +62,13 @@ def test_feature_stats_change_in_training_identity_in_eval(name, backbone):
     wrapped = make(name, p=1.0).wrap_network(net)
     assert len(wrapped.feature_stats) >= 1
     assert wrapped.state_dict().keys() == ref.state_dict().keys()         # checkpoints unchanged
-    x = torch.rand(3, 1, 32, 32, 32)
+    x = torch.rand(4, 1, 16, 16, 16) * torch.tensor([0.2, 1.0, 5.0, 25.0]).view(4, 1, 1, 1, 1)  # distinct styles
     wrapped.eval(), ref.eval()
     assert torch.equal(wrapped(x), ref(x))                                 # exact identity at eval
     for mod in wrapped.feature_stats:
         assert mod(x) is x
     train_ref = copy.deepcopy(ref).train()
-    assert not torch.allclose(wrapped.train()(x), train_ref(x), atol=1e-4)  # the hooks act in training
+    assert (wrapped.train()(x) - train_ref(x)).abs().max() > 1e-2          # the hooks act in training
 
 
 def test_mixstyle_mixes_statistics_between_samples():
@@ -117,7 +117,8 @@ def test_ipa_mask_is_smooth_in_unit_interval_and_blends_complementary_views():
     mask = m.blend_mask(2, (64, 64, 64), "cpu")
     assert mask.shape == (2, 1, 64, 64, 64)
     assert mask.min() >= 0 and mask.max() <= 1
-    assert torch.allclose(mask.flatten(1).amin(1), torch.zeros(2)) and torch.allclose(mask.flatten(1).amax(1), torch.ones(2))
+    flat = mask.flatten(1)
+    assert torch.allclose(flat.amin(1), torch.zeros(2)) and torch.allclose(flat.amax(1), torch.ones(2))
     steps = [mask.diff(dim=d).abs().max().item() for d in (2, 3, 4)]
     assert max(steps) < 0.1                                                 # smooth: no jumps between voxels
     assert not torch.allclose(mask[0], mask[1])
@@ -198,7 +199,8 @@ def test_slaug_curves_and_saliency_fusion():
     assert s.min() >= 0 and s.max() <= 1 and s.diff(dim=2).abs().max() < 0.3
     m = make("slaug", n_classes=3)
     net = build_backbone("unet", 1, 3, width=4, levels=2)
-    x, y = torch.rand(2, 1, 32, 32, 32), torch.from_numpy(blob_label()).long()[None].repeat(2, 1, 1, 1, 1)
+    y = torch.from_numpy(blob_label()[:, ::2, ::2, ::2].copy()).long()[None].repeat(2, 1, 1, 1, 1)
+    x = torch.rand(2, 1, 16, 16, 16)
     fused, y2 = m.train_batch(net, x, y)
     assert fused.shape == x.shape and torch.equal(y2, y) and fused.min() >= 0 and fused.max() <= 1
     assert all(p.grad is None for p in net.parameters())                    # saliency: input gradient only
@@ -241,7 +243,7 @@ def test_advbias_search_leaves_bn_stats_and_grads_alone():
     torch.manual_seed(0)
     net = build_backbone("unet", 1, 3, width=4, levels=2).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    x, y = torch.rand(2, 1, 32, 32, 32), torch.randint(0, 3, (2, 1, 32, 32, 32))
+    x, y = torch.rand(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 1, 16, 16, 16))
     xb, yb = m.train_batch(net, x, y)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())    # running stats untouched
     assert all(p.grad is None for p in net.parameters())
@@ -261,17 +263,15 @@ def test_geometric_transforms_keep_image_and_label_aligned(name):
         if hasattr(t, "prob"):
             t.prob = 1.0                                                   # every geometric transform fires
     tr = T.Compose(geo)
-    lab = blob_label()
-    for seed in range(3):
+    lab = (blob_label() > 0).astype(np.float32)          # an asymmetric L-shaped foreground
+    for seed in range(4):
         tr.set_random_state(seed=seed)
         out = tr({"image": lab.copy(), "label": lab.copy()})
-        img, lbl = np.rint(np.asarray(out["image"])), np.asarray(out["label"])
-        assert img.shape == lbl.shape == lab.shape
-        for k in (1, 2):       # bilinear image vs nearest label: only boundaries (blurred by stacking) differ
-            a, b = img == k, lbl == k
-            assert (a & b).sum() / a.sum() > 0.9 and a.sum() > 0.5 * b.sum()
-            ca, cb = np.argwhere(a).mean(0), np.argwhere(b).mean(0)
-            assert np.abs(ca - cb).max() < 1.5
+        a, b = np.asarray(out["image"]) > 0.5, np.asarray(out["label"]) > 0.5
+        assert a.shape == b.shape == lab.shape
+        # bilinear image vs nearest label: only the (stack-blurred) boundary may differ
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
+        assert np.abs(np.argwhere(a).mean(0) - np.argwhere(b).mean(0)).max() < 1.0
 
 
 @pytest.mark.parametrize("name", ["erm"] + BASELINES)
@@ -300,12 +300,12 @@ def test_replaced_intensity_pipelines_still_reach_unit_range():
 
 @pytest.fixture
 def few_eval_cases(monkeypatch):
-    """Evaluate one validation case and one target case only (the mechanism under test is the
-    method's hooks in the loop; the evaluator has its own tests)."""
+    """Evaluate one validation case only (the mechanism under test is the method's hooks in the
+    loop; the evaluator has its own tests)."""
     import dgbench.train as train
     from dgbench.registry import DATASETS
     split = DATASETS.get("synth")().split()
-    wanted = {split.val[0], sorted(split.test.items())[0][1][0]}
+    wanted = {split.val[0]}
     real = train.evaluate_cases
 
     def subset(net, method, prepared, cases, *args, **kwargs):
@@ -319,7 +319,8 @@ def test_every_baseline_trains_end_to_end(name, tmp_path, synth_prepared, few_ev
     from dgbench.spec import resolve
     from dgbench.train import execute
     spec = resolve("synth", name, seed=0, train={**TINY_TRAIN, "steps": 1, "val_every": 1, "ckpt_every": 1})
-    assert execute(spec, tmp_path, progress=False) == "done", (RunDir.for_run(tmp_path, spec.run_id).failed_file.read_text()
-                                                             if RunDir.for_run(tmp_path, spec.run_id).failed_file.exists() else "")
-    rows = list(csv.DictReader(open(RunDir.for_run(tmp_path, spec.run_id).metrics_file)))
+    state = execute(spec, tmp_path, progress=False)
+    rd = RunDir.for_run(tmp_path, spec.run_id)
+    assert state == "done", rd.failed_file.read_text() if rd.failed_file.exists() else state
+    rows = list(csv.DictReader(open(rd.metrics_file)))
     assert rows and {r["method"] for r in rows} == {name}
