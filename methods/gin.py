@@ -60,8 +60,10 @@ class _GinBase(Method):
 
 @register_method("gin")
 class GIN(_GinBase):
-    """GIN views as the training input. With views > 1: stacked views, view 1 supervised, plus the
-    §4.5 consistency term (the original code's 'gin' experiment); views = 1 is input-only."""
+    """Random shallow-network intensity views (GIN) as the training input; views > 1 adds consistency.
+
+    With views > 1 the views are stacked, view 1 is supervised and the §4.5 consistency term ties
+    them (the original code's 'gin' experiment); views = 1 is a pure input transform."""
     defaults = {"n_layers": 4, "interm_channels": 2, "kernel_sizes": [1, 3], "views": 1, "lambda_cons": 10.0}
     search_space = {"views": [1, 3]}
 
