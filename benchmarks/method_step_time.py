@@ -21,19 +21,16 @@ steps and the median keep one-off kernel set-up out of the figure.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
 from torch.utils.data import default_collate
 
-from dgbench.data.cache import ensure_prepared
-from dgbench.data.sampling import PatchDataset, standard_augmentation
-from dgbench.evaluate import autocast
-from dgbench.method import MethodContext
-from dgbench.models.backbones import build_backbone
-from dgbench.registry import DATASETS, METHODS
-from dgbench.spec import TrainConfig
-from dgbench.train import amp_dtype_for, pick_device
+from dgbench.registry import DATASETS
+from dgbench.rundir import RunDir
+from dgbench.spec import TrainConfig, resolve
+from dgbench.train import Trainer, pick_device
 
 CONFIGS = {
     "embedded": {},
@@ -53,51 +50,27 @@ def median(v):
     return v[len(v) // 2]
 
 
-def measure(cfg: TrainConfig, name: str, steps: int, warmup: int, device, data_only: bool = False) -> dict:
-    adapter = DATASETS.get("synth")()
-    prepared = ensure_prepared(adapter)
+def measure(train: dict, name: str, steps: int, warmup: int, device, data_only: bool = False) -> dict:
     torch.manual_seed(0)
-    method = METHODS.get(name)({}, MethodContext(adapter, cfg, device))
-    spatial, intensity = standard_augmentation(cfg.patch_size, cfg.aug_prob, adapter.sided)
-    data = PatchDataset(prepared, adapter.split().train, cfg.patch_size, 0, cfg.fg_oversample,
-                        method.augmentation(spatial, intensity), 10 ** 6)
-    bs = cfg.batch_size
-    data_times, batch = [], None
-    for i in range(steps + 1):                      # batch 0 warms the pipeline up (not timed)
-        t = time.perf_counter()
-        batch = default_collate([data[i * bs + j] for j in range(bs)])
-        data_times.append(time.perf_counter() - t)
-    data_times = data_times[1:]
-    if data_only:
-        return {"data_s": sum(data_times) / len(data_times), "step_s": float("nan")}
-    net = method.wrap_network(build_backbone(cfg.backbone, method.input_channels(), adapter.n_classes,
-                                             **cfg.backbone_kwargs))
-    net = net.to(device, memory_format=torch.channels_last_3d).train()
-    for m in method.frozen_modules():
-        m.to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    from monai.losses import DiceCELoss
-    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
-    amp = amp_dtype_for(cfg.amp, device)
-    x0 = batch["image"].to(device, memory_format=torch.channels_last_3d)
-    y0 = batch["label"].to(device)
-    times = []
-    for i in range(warmup + steps):
-        torch.manual_seed(1000 + i)
-        sync(device)
-        t = time.perf_counter()
-        x, y = method.train_batch(net, x0, y0)
-        with autocast(device, amp):
-            logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            extra = method.extra_loss(net, x, y, logits)
-            if extra is not None:
-                loss = loss + extra
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
-        times.append(time.perf_counter() - t)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(resolve("synth", name, train=train), RunDir(tmp), device=device, progress=False)
+        bs = trainer.cfg.batch_size
+        data_times, batch = [], None
+        for i in range(steps + 1):                      # batch 0 warms the pipeline up (not timed)
+            t = time.perf_counter()
+            batch = default_collate([trainer.data[i * bs + j] for j in range(bs)])
+            data_times.append(time.perf_counter() - t)
+        data_times = data_times[1:]
+        if data_only:
+            return {"data_s": sum(data_times) / len(data_times), "step_s": float("nan")}
+        times = []
+        for i in range(warmup + steps):
+            torch.manual_seed(1000 + i)
+            sync(device)
+            t = time.perf_counter()
+            trainer.train_step(batch["image"], batch["label"])   # the loop's own step body
+            sync(device)
+            times.append(time.perf_counter() - t)
     return {"data_s": sum(data_times) / len(data_times), "step_s": median(times[warmup:])}
 
 
@@ -126,7 +99,7 @@ def main() -> None:
         print(f"|{'-' * 16}|{'-' * 14}:|{'-' * 9}:|{'-' * 11}:|{'-' * 16}:|")
         ref = None
         for i, name in enumerate(methods + ["erm"]):   # ERM again at the end: the run-to-run noise
-            r = measure(cfg, name, a.steps, a.warmup, device, a.data_only)
+            r = measure(CONFIGS[c], name, a.steps, a.warmup, device, a.data_only)
             ref = ref or r
             name = "erm (again)" if i == len(methods) else name
             total = (r["data_s"] + r["step_s"]) / (ref["data_s"] + ref["step_s"])

@@ -9,18 +9,14 @@ the synth cache (patches are zero-padded where a volume is smaller than the patc
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
 
-from dgbench.data.cache import ensure_prepared
-from dgbench.data.sampling import PatchDataset, standard_augmentation
-from dgbench.evaluate import autocast
-from dgbench.method import MethodContext
-from dgbench.models.backbones import build_backbone
-from dgbench.registry import DATASETS, METHODS
-from dgbench.spec import TrainConfig
-from dgbench.train import amp_dtype_for, pick_device
+from dgbench.rundir import RunDir
+from dgbench.spec import resolve
+from dgbench.train import Trainer, pick_device
 
 CONFIGS = {
     "embedded": {},
@@ -28,49 +24,29 @@ CONFIGS = {
 }
 
 
-def measure(cfg: TrainConfig, method_name: str, steps: int, device) -> dict:
-    adapter = DATASETS.get("synth")()
-    prepared = ensure_prepared(adapter)
-    method = METHODS.get(method_name)({}, MethodContext(adapter, cfg, device))
-    spatial, intensity = standard_augmentation(cfg.patch_size, cfg.aug_prob, adapter.sided)
-    data = PatchDataset(prepared, adapter.split().train, cfg.patch_size, 0, cfg.fg_oversample,
-                        method.augmentation(spatial, intensity), 10 ** 6)
-    n = max(8, 2 * cfg.batch_size)
-    t = time.perf_counter()
-    samples = [data[k] for k in range(n)]
-    data_rate = n / (time.perf_counter() - t)
-    x = torch.stack([s["image"] for s in samples[: cfg.batch_size]]).to(device)
-    y = torch.stack([s["label"] for s in samples[: cfg.batch_size]]).to(device)
-    net = method.wrap_network(build_backbone(cfg.backbone, method.input_channels(), adapter.n_classes,
-                                             **cfg.backbone_kwargs))
-    net = net.to(device, memory_format=torch.channels_last_3d)
-    for m in method.frozen_modules():
-        m.to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
-    from monai.losses import DiceCELoss
-    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
-    amp = amp_dtype_for(cfg.amp, device)
-    times = []
-    for i in range(steps + 2):                       # 2 warm-up steps
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+def measure(method_name: str, train: dict, steps: int, device) -> dict:
+    """Median step time of the real training step (Trainer.train_step) and per-sample data time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(resolve("synth", method_name, train=train), RunDir(tmp), device=device, progress=False)
+        cfg = trainer.cfg
+        n = max(8, 2 * cfg.batch_size)
         t = time.perf_counter()
-        xb, yb = method.train_batch(net, x.contiguous(memory_format=torch.channels_last_3d), y)
-        with autocast(device, amp):
-            logits = net(xb)
-            loss = loss_fn(logits.float(), yb)
-            extra = method.extra_loss(net, xb, yb, logits)
-            if extra is not None:
-                loss = loss + extra
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+        samples = [trainer.data[k] for k in range(n)]
+        data_rate = n / (time.perf_counter() - t)
+        x = torch.stack([s["image"] for s in samples[: cfg.batch_size]])
+        y = torch.stack([s["label"] for s in samples[: cfg.batch_size]])
+        times = []
+        for i in range(steps + 2):                       # 2 warm-up steps
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            trainer.train_step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
     step = sorted(times[2:])[len(times[2:]) // 2]
     return {"step_s": step, "steps_per_s": 1 / step, "samples_per_s": data_rate,
-            "train_samples_per_s": cfg.batch_size / step}
+            "train_samples_per_s": cfg.batch_size / step, "cfg": cfg}
 
 
 def main() -> None:
@@ -87,10 +63,9 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; method {a.method}")
     print(f"{'config':10s} {'patch':>12s} {'batch':>5s} {'step s':>8s} {'steps/s':>8s} "
           f"{'train samp/s':>12s} {'data samp/s':>12s}")
-    synth = DATASETS.get("synth")()
     for c in a.configs.split(","):
-        cfg = TrainConfig.from_dict({**synth.train_defaults, **CONFIGS[c]})
-        r = measure(cfg, a.method, a.steps, device)
+        r = measure(a.method, CONFIGS[c], a.steps, device)
+        cfg = r["cfg"]
         print(f"{c:10s} {'x'.join(map(str, cfg.patch_size)):>12s} {cfg.batch_size:5d} {r['step_s']:8.3f} "
               f"{r['steps_per_s']:8.2f} {r['train_samples_per_s']:12.1f} {r['samples_per_s']:12.1f}", flush=True)
 

@@ -28,10 +28,11 @@ from torch import nn
 
 
 class MethodContext:
-    def __init__(self, dataset, train_cfg, device: torch.device):
+    def __init__(self, dataset, train_cfg, device: torch.device, loss_fn=None):
         self.dataset = dataset        # the DatasetAdapter
         self.train = train_cfg        # TrainConfig
         self.device = device
+        self.loss_fn = loss_fn        # the loop's supervised loss (MONAI DiceCE)
 
 
 class Method:

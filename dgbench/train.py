@@ -70,7 +70,9 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(spec.seed)
-        self.method = METHODS.get(spec.method)(spec.hparams, MethodContext(self.adapter, self.cfg, self.device))
+        self.loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+        self.method = METHODS.get(spec.method)(spec.hparams, MethodContext(self.adapter, self.cfg, self.device,
+                                                                           self.loss_fn))
         net = build_backbone(self.cfg.backbone, self.method.input_channels(), self.adapter.n_classes,
                              **self.cfg.backbone_kwargs)
         # channels-last 3-D: measured 1.4-2x faster conv steps on CPU (benchmarks/throughput.py)
@@ -80,7 +82,6 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                      betas=(0.9, 0.999))
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.cfg.steps, eta_min=0.0)
-        self.loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
         self.step, self.best_val, self.best_step = 0, -math.inf, -1
         self.losses: list[float] = []    # training losses since the last validation
         self.heartbeat: Heartbeat | None = None
@@ -133,21 +134,9 @@ class Trainer:
         t0, losses = time.time(), self.losses
         for batch in loader:
             torch.manual_seed(step_seed(self.spec.seed, self.step))
-            x = batch["image"].to(self.device, non_blocking=True, memory_format=torch.channels_last_3d)
-            y = batch["label"].to(self.device, non_blocking=True)
-            x, y = self.method.train_batch(self.net, x, y)
-            with autocast(self.device, self.amp):
-                logits = self.net(x)
-                loss = self.loss_fn(logits.float(), y)
-                extra = self.method.extra_loss(self.net, x, y, logits)
-                if extra is not None:
-                    loss = loss + extra
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            losses.append(self.train_step(batch["image"], batch["label"]))
             self.sched.step()
             self.step += 1
-            losses.append(loss.item())
             bar.update()
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"loss is {losses[-1]} at step {self.step}; lower the learning rate "
@@ -169,6 +158,22 @@ class Trainer:
                 if self.heartbeat is not None:
                     self.heartbeat.step = self.step
         bar.close()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimiser step on a batch (the method's hooks included); returns the loss."""
+        x = x.to(self.device, non_blocking=True, memory_format=torch.channels_last_3d)
+        y = y.to(self.device, non_blocking=True)
+        x, y = self.method.train_batch(self.net, x, y)
+        with autocast(self.device, self.amp):
+            logits = self.net(x)
+            loss = self.loss_fn(logits.float(), y)
+            extra = self.method.extra_loss(self.net, x, y, logits)
+            if extra is not None:
+                loss = loss + extra
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
 
     def _append_val(self, step: int, loss: float, val: float) -> None:
         rows = []

@@ -10,13 +10,6 @@ from dgbench.models.anatomix import ANATOMIX_PRETRAIN_LAYERS, Unet, anatomix_une
 MANIFEST = Path(__file__).resolve().parents[1] / "dgbench" / "weights" / "anatomix_state_dict.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small 3D ops run faster on one thread, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def manifest_state(seed: int = 0) -> dict:

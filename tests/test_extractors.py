@@ -13,13 +13,6 @@ from dgbench.models.anatomix import anatomix_unet
 from dgbench.registry import EXTRACTORS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small 3D ops run faster on one thread, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -10,13 +10,6 @@ from dgbench import pretrain as pt
 from dgbench.models import extractors as ex
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small 3D ops run faster on one thread, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_label_maps_are_deterministic_and_in_range():
