@@ -16,12 +16,11 @@ the subject's label file. Splits hold whole subjects out (source-val, few-shot, 
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from dgbench.data.adapter import Case, DatasetAdapter
-from dgbench.data.io import DataError
+from dgbench.data.io import DataError, read_json
 from dgbench.registry import register_dataset
 from dgbench_datasets._common import (find_dirs, hold_out, nifti_files, pair_by_id, payload,
                                       reference_train_defaults, shuffled)
@@ -81,13 +80,8 @@ class BratsDataset(DatasetAdapter):
     def channels(self, base: Path) -> dict[str, int]:
         """domain -> channel index, by name from dataset.json (never hard-coded)."""
         path = base / "dataset.json"
-        try:
-            meta = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataError(f"{path}: not found. The MSD dataset.json names the channels of the 4-D images; "
-                            f"restore it from the tar.") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e}).") from e
+        meta = read_json(path, "not found. The MSD dataset.json names the channels of the 4-D images; "
+                               "restore it from the tar.")
         if str(meta.get("tensorImageSize", "4D")).upper() != "4D":
             raise DataError(f"{path}: tensorImageSize is {meta.get('tensorImageSize')!r}; MSD Task01 images are 4D.")
         names = {str(v).strip().lower(): int(k) for k, v in (meta.get("modality") or {}).items()}

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from dgbench.data.adapter import Case, DatasetAdapter, cache_dir, content_sha1
-from dgbench.data.io import DataError
+from dgbench.data.io import DataError, read_json
 from dgbench.registry import register_dataset
 from dgbench_datasets._common import FEWSHOT, SEED, hold_out, nsorted, payload, shuffled
 
@@ -56,12 +56,7 @@ class NnunetFolderAdapter(DatasetAdapter):
 
     def read_dataset_json(self, root: Path) -> dict:
         path = Path(root) / "dataset.json"
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataError(f"{path}: dataset.json not found (nnU-Net layout expected).") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e}).") from e
+        return read_json(path, "dataset.json not found (nnU-Net layout expected).")
 
     def find_cases(self, root: Path) -> list[Case]:
         root = Path(root)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from dgbench.cli import build_parser, main
+from dgbench.cli import main
 
 COMMANDS = ["bench", "datasets", "methods", "prepare", "sweep", "status", "run", "tables", "pretrain-features"]
 

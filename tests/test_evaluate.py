@@ -1,7 +1,6 @@
 """Dice on hand-made volumes, the empty-ground-truth policy, and sliding-window inference."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dgbench.data.io import DataError
+from dgbench.data.io import DataError, read_json
 
 REPO_SPLITS = Path(__file__).resolve().parents[2] / "splits"
 
@@ -74,13 +74,7 @@ def content_sha1(payload: dict) -> str:
 
 def load_split(path: Path) -> Split:
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found. Splits are committed in splits/; "
-                        f"restore it with git.") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: split file is not valid JSON ({e}).") from e
+    payload = read_json(path, "split file not found. Splits are committed in splits/; restore it with git.")
     sha = content_sha1(payload)
     if payload.get("sha1") and payload["sha1"] != sha:
         raise DataError(f"{path}: split content does not match its recorded checksum "

@@ -43,6 +43,19 @@ def load_nifti(path: Path, channel: int | None = None, canonical: bool = True):
     return data, np.asarray(img.affine, dtype=np.float64), spacing
 
 
+def read_json(path: Path, missing: str):
+    """Parse a JSON file; DataError naming the file when it is missing (with `missing` as the
+    fix) or not valid JSON."""
+    import json
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: {missing}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e}).") from e
+
+
 def check_pair(img_path: Path, img_shape, img_affine, lbl_path: Path, lbl_shape, lbl_affine, atol: float = 1e-3):
     if tuple(img_shape) != tuple(lbl_shape):
         raise DataError(f"{lbl_path}: label shape {tuple(lbl_shape)} differs from image {img_path} shape "
