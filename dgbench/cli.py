@@ -9,17 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+
+from dgbench.orchestrate import parse_kv  # KEY=VALUE, numbers parsed as numbers
 
 # modules that add their own sub-commands through register_cli(subparsers)
 CLI_MODULES = ["dgbench.orchestrate", "dgbench.report", "dgbench.pretrain"]
-
-
-def _kv(text: str):
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
 
 
 def _seeds(text: str) -> list[int]:
@@ -145,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results", default="results", help="results folder (default ./results)")
     b.add_argument("--steps", type=int, help="training steps (shorten for smoke runs)")
     b.add_argument("--batch-size", type=int, dest="batch_size", help="batch size")
-    b.add_argument("--train", type=_kv, action="append", metavar="KEY=VALUE",
+    b.add_argument("--train", type=parse_kv, action="append", metavar="KEY=VALUE",
                    help="any training option, e.g. --train lr=1e-3 --train patch_size=[64,64,64]")
-    b.add_argument("--hparam", type=_kv, action="append", metavar="KEY=VALUE",
+    b.add_argument("--hparam", type=parse_kv, action="append", metavar="KEY=VALUE",
                    help="method hyperparameter, e.g. --hparam p=0.5 (METHOD.KEY=VALUE with several methods)")
     from dgbench.orchestrate import add_executor_args
     add_executor_args(b)

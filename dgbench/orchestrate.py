@@ -42,7 +42,7 @@ import yaml
 
 from dgbench import __version__
 from dgbench.rundir import RunDir, STATES, atomic_write_json, read_json
-from dgbench.spec import RunSpec
+from dgbench.spec import RunSpec, parse_value
 
 EXECUTORS = ("inline", "local", "slurm")
 EXECUTOR_FILE = "executor.json"
@@ -610,11 +610,11 @@ def format_status(rows: list[dict], results: str | Path = "", show_all: bool = F
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def _kv(text: str) -> tuple[str, Any]:
+def parse_kv(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), parse_value(value)
 
 
 def _kv_raw(text: str) -> tuple[str, Any]:
@@ -758,9 +758,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--batch-size", type=int, dest="batch_size", help="batch size (override)")
     p.add_argument("--val-every", type=int, dest="val_every", help="validate every N steps (override)")
     p.add_argument("--ckpt-every", type=int, dest="ckpt_every", help="checkpoint every N steps (override)")
-    p.add_argument("--train", type=_kv, action="append", metavar="KEY=VALUE",
+    p.add_argument("--train", type=parse_kv, action="append", metavar="KEY=VALUE",
                    help="any other training option, e.g. --train patch_size=32 (repeatable)")
-    p.add_argument("--hparam", type=_kv, action="append", metavar="METHOD.NAME=VALUE",
+    p.add_argument("--hparam", type=parse_kv, action="append", metavar="METHOD.NAME=VALUE",
                    help="method hyperparameter override (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="re-run failed runs too")
     p.add_argument("--dry-run", action="store_true",

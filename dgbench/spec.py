@@ -48,10 +48,27 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
         d = dict(d)
+        for f in dataclasses.fields(cls):   # "1e-3" from YAML or the command line is a number here
+            if f.name in d and isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+                try:
+                    d[f.name] = type(f.default)(float(d[f.name]) if type(f.default) is float else d[f.name])
+                except (TypeError, ValueError):
+                    raise ValueError(f"training option {f.name} must be a number, got {d[f.name]!r}") from None
         if "patch_size" in d:
             ps = d["patch_size"]
             d["patch_size"] = tuple(int(v) for v in (ps if isinstance(ps, (list, tuple)) else [ps] * 3))
         return cls(**d)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: int, then float (YAML would keep "1e-3" a string), then YAML."""
+    import yaml
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def _canonical(obj: Any) -> str:

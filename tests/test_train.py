@@ -111,3 +111,12 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, synth_prepared):
     b = read_metrics(RunDir.for_run(clean, spec.run_id))
     assert [r["dice"] for r in a] == [r["dice"] for r in b]
     assert (rd.val_history.read_text() == RunDir.for_run(clean, spec.run_id).val_history.read_text())
+
+
+def test_numbers_from_the_command_line_are_numbers():
+    from dgbench.orchestrate import parse_kv
+    assert parse_kv("lr=1e-3") == ("lr", 1e-3)                # YAML alone would keep "1e-3" a string
+    assert parse_kv("patch_size=[64, 64, 64]") == ("patch_size", [64, 64, 64])
+    assert resolve("synth", "erm", train={"lr": "1e-3", "steps": "12"}).train.lr == 1e-3
+    with pytest.raises(ValueError, match="training option lr must be a number"):
+        resolve("synth", "erm", train={"lr": "fast"})
