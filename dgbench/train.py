@@ -195,16 +195,13 @@ class Trainer:
         cases += [("target-val", c) for ids in self.split.target_val.values() for c in ids]
         keep = {ids[0] for ids in self.split.test.values() if ids}
         rows, preds = evaluate_cases(self.net, self.method, self.prepared, cases, self.cfg, self.device,
-                                     self.amp, progress=self.progress)
+                                     self.amp, keep_predictions=keep, progress=self.progress)
         out = [dict(r, selection="last") for r in rows]
-        if self.best_step not in (-1, self.step):
+        if self.best_step not in (-1, self.step):   # else the last weights are the selected ones
             ck = torch.load(self.rd.best_ckpt, map_location=self.device, weights_only=False)
             self.net.load_state_dict(ck["model"])
             rows, preds = evaluate_cases(self.net, self.method, self.prepared, cases, self.cfg, self.device,
                                          self.amp, keep_predictions=keep, progress=self.progress)
-        else:
-            _, preds = evaluate_cases(self.net, self.method, self.prepared, [("test", c) for c in sorted(keep)],
-                                      self.cfg, self.device, self.amp, keep_predictions=keep)
         out += [dict(r, selection="source-val") for r in rows]
         for case_id, (image, label, pred) in preds.items():
             buf = io.BytesIO()
