@@ -13,6 +13,8 @@ The base class *is* ERM: every hook is the identity. A method subclasses it, reg
 ``train_batch(net, x, y)``  on the device, training only: returns the (x, y) fed to the net,
                             e.g. GPU augmentation, feature concatenation + channel masking
 ``infer_input(x)``          on the device, evaluation only, once per sliding window
+``supervised_loss(...)``    the loop's loss on the samples to supervise (default: all of them;
+                            multi-view methods supervise one view)
 ``extra_loss(...)``         extra loss terms (consistency losses); None for none
 ==========================  =================================================================
 
@@ -69,6 +71,10 @@ class Method:
 
     def infer_input(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def supervised_loss(self, loss_fn, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """`loss_fn` is the loop's DiceCE; `logits`/`y` cover every sample `train_batch` returned."""
+        return loss_fn(logits.float(), y)
 
     def extra_loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor):
         return None

@@ -1144,10 +1144,11 @@ SETTING_FEWSHOT_RE = re.compile(r"^fewshot-(\d+)$")
 
 def write_tables(results: Path, out: Path | None = None, selection: str = PRIMARY,
                  paper: Path | bool | None = None, n_boot: int = 1000, seed: int = 0,
-                 figures: bool = True) -> dict[str, list[Path]]:
+                 figures: bool = True, versus: str = REF_METHOD) -> dict[str, list[Path]]:
     """Build every table (md, tex, csv) and figure (png, pdf) from ``<results>/runs``.
 
     ``paper``: None/False = no paper row; True = the committed reference file; or a path.
+    ``versus``: the method every other one is tested against in ``pairwise``.
     Returns {kind: [paths]}; the main Markdown is ``out/main.md``."""
     results = Path(results)
     out = Path(out) if out is not None else results / "tables"
@@ -1206,8 +1207,9 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
                                _col_label_main)
         emit(t)
     used, _, _ = _select_runs(col, primary, full_cols)
-    ranks, pairs = rank_statistics(col, primary, full_cols, methods, used, n_boot=n_boot, seed=seed)
-    t_rank, t_per, t_pair = rank_tables(ranks, pairs, primary, n_boot, seed, methods)
+    ranks, pairs = rank_statistics(col, primary, full_cols, methods, used, n_boot=n_boot, seed=seed,
+                                   reference=versus)
+    t_rank, t_per, t_pair = rank_tables(ranks, pairs, primary, n_boot, seed, methods, reference=versus)
     from dgbench.rundir import atomic_write_text
     csv_kw = dict(index=False, float_format="%.6f", lineterminator="\n")
     atomic_write_text(out / "ranks.csv", ranks.to_csv(**csv_kw))
@@ -1250,6 +1252,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples of target cases for CIs (default 1000; 0 = off)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    p.add_argument("--versus", default=REF_METHOD, metavar="METHOD",
+                   help=f"method the others are tested against in pairwise.csv (default {REF_METHOD}; "
+                        f"e.g. erm to test baselines against the plain recipe)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG/PDF figures")
     p.set_defaults(func=_cmd_tables)
 
@@ -1259,7 +1264,8 @@ def _cmd_tables(args: argparse.Namespace) -> int:
         print(f"no run folders under {Path(args.results) / 'runs'}")
         return 1
     written = write_tables(args.results, args.out, selection=args.selection, paper=args.paper,
-                           n_boot=args.bootstrap, seed=args.seed, figures=not args.no_figures)
+                           n_boot=args.bootstrap, seed=args.seed, figures=not args.no_figures,
+                           versus=args.versus)
     out = Path(args.out) if args.out is not None else Path(args.results) / "tables"
     print((out / "main.md").read_text())
     print(f"wrote {len(written['tables'])} table files and {len(written['figures'])} figure files to {out}")

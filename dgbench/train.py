@@ -166,7 +166,7 @@ class Trainer:
         x, y = self.method.train_batch(self.net, x, y)
         with autocast(self.device, self.amp):
             logits = self.net(x)
-            loss = self.loss_fn(logits.float(), y)
+            loss = self.method.supervised_loss(self.loss_fn, logits, y)
             extra = self.method.extra_loss(self.net, x, y, logits)
             if extra is not None:
                 loss = loss + extra

@@ -21,7 +21,7 @@ from torch import nn
 _LOSS = None
 
 
-def supervised_loss(ctx=None):
+def loop_loss(ctx=None):
     """The loop's supervised loss (methods.md §1.4). Taken from the context when the loop puts it
     there (`ctx.loss_fn`), else an identical MONAI DiceCE."""
     global _LOSS
@@ -49,15 +49,10 @@ def is_sided(ctx) -> bool:
     return True if ds is None else bool(ds.sided)
 
 
-def first_view_only(loss_fn, logits: torch.Tensor, y: torch.Tensor, n_views: int, view: int = 0):
-    """Correction that turns the loop's supervised loss over all stacked views into the loss of one
-    view: value loss(view) - loss(all views), so loop loss + this = loss(view), gradients included.
-
-    The loop supervises every sample `train_batch` returns; RandConv and GIN-IPA (and AdvBias with
-    supervise="adv") supervise one view only. DiceCE is a mean over samples (Dice per sample, CE
-    per voxel), so with equal chunks loss(all) is the mean of the per-view losses."""
-    chunks_l, chunks_y = logits.float().chunk(n_views), y.chunk(n_views)
-    return loss_fn(chunks_l[view], chunks_y[view]) - loss_fn(logits.float(), y)
+def view_loss(loss_fn, logits: torch.Tensor, y: torch.Tensor, n_views: int, view: int = 0) -> torch.Tensor:
+    """The loop's loss on one of `n_views` equal stacked views: RandConv and GIN-IPA (and AdvBias
+    with supervise="adv") supervise one view only and tie the others in by consistency."""
+    return loss_fn(logits.chunk(n_views)[view].float(), y.chunk(n_views)[view])
 
 
 def view_consistency(logits: torch.Tensor, n_views: int, direction: str = "to_mean") -> torch.Tensor:

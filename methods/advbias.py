@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import (SmoothField, amp_context, first_view_only, frozen_buffers, minmax,
-                                     supervised_loss, unit_normalize, view_consistency)
+from dgbench_methods._common import (SmoothField, amp_context, frozen_buffers, minmax,
+                                     unit_normalize, view_consistency, view_loss)
 
 
 @register_method("advbias")
@@ -69,11 +69,12 @@ class AdvBias(Method):
         x_adv = self.biased(x, cp).detach()
         return torch.cat([x.float(), x_adv]), torch.cat([y, y])
 
-    def extra_loss(self, net, x, y, logits):
-        out = None
+    def supervised_loss(self, loss_fn, logits, y):
         if self.hp["supervise"] == "adv":
-            out = first_view_only(supervised_loss(self.ctx), logits, y, 2, view=1)
+            return view_loss(loss_fn, logits, y, 2, view=1)
+        return super().supervised_loss(loss_fn, logits, y)
+
+    def extra_loss(self, net, x, y, logits):
         if self.hp["lambda_cons"] > 0:
-            cons = self.hp["lambda_cons"] * view_consistency(logits, 2, "to_mean")
-            out = cons if out is None else out + cons
-        return out
+            return self.hp["lambda_cons"] * view_consistency(logits, 2, "to_mean")
+        return None

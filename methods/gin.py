@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import SmoothField, first_view_only, minmax, supervised_loss, view_consistency
+from dgbench_methods._common import SmoothField, minmax, view_consistency, view_loss
 
 
 def gin_transform(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_sizes=(1, 3),
@@ -48,14 +48,19 @@ def gin_transform(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_si
 
 
 class _GinBase(Method):
+    n_views = 3     # stacked views per batch; view 1 is supervised
+
     def gin_view(self, x):
         hp = self.hp
         return minmax(gin_transform(x, hp["n_layers"], hp["interm_channels"], tuple(hp["kernel_sizes"])))
 
-    def _consistency(self, logits, y, n_views):
-        loss = supervised_loss(self.ctx)
-        return (first_view_only(loss, logits, y, n_views)
-                + self.hp["lambda_cons"] * view_consistency(logits, n_views, "from_mean"))
+    def supervised_loss(self, loss_fn, logits, y):
+        return view_loss(loss_fn, logits, y, self.n_views)
+
+    def extra_loss(self, net, x, y, logits):
+        if self.n_views == 1:
+            return None
+        return self.hp["lambda_cons"] * view_consistency(logits, self.n_views, "from_mean")
 
 
 @register_method("gin")
@@ -69,17 +74,14 @@ class GIN(_GinBase):
 
     def __init__(self, hparams=None, ctx=None):
         super().__init__(hparams, ctx)
-        if int(self.hp["views"]) < 1:
+        self.n_views = int(self.hp["views"])
+        if self.n_views < 1:
             raise ValueError(f"gin: views must be >= 1, got {self.hp['views']}")
 
     def train_batch(self, net, x, y):
-        n = int(self.hp["views"])
+        n = self.n_views
         views = torch.cat([self.gin_view(x) for _ in range(n)])
         return views, y.repeat(n, *([1] * (y.ndim - 1)))
-
-    def extra_loss(self, net, x, y, logits):
-        n = int(self.hp["views"])
-        return None if n == 1 else self._consistency(logits, y, n)
 
 
 @register_method("gin-ipa")
@@ -102,6 +104,3 @@ class GinIPA(_GinBase):
         v2 = g1 * (1 - m) + g2 * m
         views = torch.cat([v1, v2, g3])
         return views, y.repeat(3, *([1] * (y.ndim - 1)))
-
-    def extra_loss(self, net, x, y, logits):
-        return self._consistency(logits, y, 3)

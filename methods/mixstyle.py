@@ -1,7 +1,7 @@
 """Feature-statistics methods inserted into the encoder of any backbone (methods.md §4.6, §4.7).
 
-Both work through forward hooks on the backbone's `encoder_stages` (and its `bottleneck` where
-the backbone has one), so they need nothing from the backbone class and leave its state_dict
+Both work through forward hooks on the backbone's `encoder_stages` (DSU also on its
+`bottleneck`), so they need nothing from the backbone class and leave its state_dict
 unchanged. The modules hang off the network as `net.feature_stats`, so `net.train()` /
 `net.eval()` switch them; in eval mode they return their input object itself (exact identity).
 
@@ -116,15 +116,16 @@ class MixStyleMethod(Method):
 
 @register_method("dsu")
 class DSUMethod(Method):
-    """DSU after every encoder level and after the bottleneck (where the backbone exposes one)."""
+    """DSU after every encoder level and (by default) after the bottleneck."""
     defaults = {"p": 0.5, "bottleneck": True}
     search_space = {"p": [0.3, 0.5, 0.8]}
 
     def wrap_network(self, net):
         sites = encoder_stages(net)
         if self.hp["bottleneck"]:
-            # the paper U-Net has `bottleneck`; the DynUNet wrapper keeps MONAI's as `net.bottleneck`
-            bottleneck = getattr(net, "bottleneck", None) or getattr(getattr(net, "net", None), "bottleneck", None)
-            if isinstance(bottleneck, nn.Module):
-                sites.append(bottleneck)
+            bottleneck = getattr(net, "bottleneck", None)
+            if not isinstance(bottleneck, nn.Module):
+                raise TypeError(f"{type(net).__name__} has no `bottleneck` module; backbones expose one "
+                                f"(dgbench/models/backbones.py), or run dsu with --hparam bottleneck=false")
+            sites.append(bottleneck)
         return insert_after(net, sites, lambda: DSU(self.hp["p"]))

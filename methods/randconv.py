@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import first_view_only, minmax, supervised_loss, view_consistency
+from dgbench_methods._common import minmax, view_consistency, view_loss
 
 
 def random_conv(x: torch.Tensor, kernel_sizes=(1, 3, 5, 7), bias: bool = False) -> tuple[torch.Tensor, int]:
@@ -56,12 +56,12 @@ class RandConv(Method):
         views = torch.cat([self.view(x) for _ in range(n)])
         return views, y.repeat(n, *([1] * (y.ndim - 1)))
 
+    def supervised_loss(self, loss_fn, logits, y):
+        return view_loss(loss_fn, logits, y, self.n_views)
+
     def extra_loss(self, net, x, y, logits):
         n = self.n_views
-        if n == 1:
-            return None
-        return (first_view_only(supervised_loss(self.ctx), logits, y, n)
-                + self.hp["lambda_cons"] * view_consistency(logits, n, "to_mean"))
+        return None if n == 1 else self.hp["lambda_cons"] * view_consistency(logits, n, "to_mean")
 
 
 @register_method("randconv-mix")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import amp_context, bspline_transpose, minmax, supervised_loss
+from dgbench_methods._common import amp_context, bspline_transpose, loop_loss, minmax
 
 N_CURVE = 4096          # samples of each Bezier curve (the original uses 100 000 on the CPU)
 
@@ -140,7 +140,7 @@ class SLAug(Method):
         gla = gla.detach().requires_grad_(True)
         with amp_context(self.ctx, x.device):
             logits = net(gla)
-            loss = supervised_loss(self.ctx)(logits.float(), y)
+            loss = loop_loss(self.ctx)(logits.float(), y)
         grad, = torch.autograd.grad(loss, gla, retain_graph=True)
         self._gla_loss = loss
         s = sbf_map(grad, int(self.hp["grid"]))

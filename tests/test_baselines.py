@@ -60,7 +60,8 @@ def test_feature_stats_change_in_training_identity_in_eval(name, backbone):
     net = build_backbone(backbone, 1, 3, width=4, levels=3)
     ref = copy.deepcopy(net)
     wrapped = make(name, p=1.0).wrap_network(net)
-    assert len(wrapped.feature_stats) >= 1
+    n_sites = {"mixstyle": len(net.encoder_stages) - 1, "dsu": len(net.encoder_stages) + 1}[name]
+    assert len(wrapped.feature_stats) == n_sites                           # DSU: encoder + bottleneck
     assert wrapped.state_dict().keys() == ref.state_dict().keys()         # checkpoints unchanged
     x = torch.rand(4, 1, 16, 16, 16) * torch.tensor([0.2, 1.0, 5.0, 25.0]).view(4, 1, 1, 1, 1)  # distinct styles
     wrapped.eval(), ref.eval()
@@ -69,6 +70,17 @@ def test_feature_stats_change_in_training_identity_in_eval(name, backbone):
         assert mod(x) is x
     train_ref = copy.deepcopy(ref).train()
     assert (wrapped.train()(x) - train_ref(x)).abs().max() > 1e-2          # the hooks act in training
+
+
+def test_dsu_needs_a_bottleneck():
+    class NoBottleneck(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder_stages = torch.nn.ModuleList([torch.nn.Conv3d(1, 2, 3, padding=1)])
+
+    with pytest.raises(TypeError, match="bottleneck=false"):
+        make("dsu").wrap_network(NoBottleneck())
+    assert len(make("dsu", bottleneck=False).wrap_network(NoBottleneck()).feature_stats) == 1
 
 
 def test_mixstyle_mixes_statistics_between_samples():
@@ -160,7 +172,7 @@ def test_randconv_kernel_sizes_from_its_set_and_one_kernel_per_batch():
 # --- consistency losses ----------------------------------------------------------------------------
 
 def test_consistency_losses_zero_for_identical_predictions():
-    from dgbench_methods._common import first_view_only, supervised_loss, view_consistency
+    from dgbench_methods._common import loop_loss, view_consistency
     torch.manual_seed(0)
     one = torch.randn(2, 4, 6, 6, 6)
     same = one.repeat(3, 1, 1, 1, 1)
@@ -172,15 +184,20 @@ def test_consistency_losses_zero_for_identical_predictions():
         assert make(name).extra_loss(None, None, y, same).abs() < 1e-6
     a = make("advbias")
     assert a.extra_loss(None, None, y[:4], one.repeat(2, 1, 1, 1, 1)).abs() < 1e-6
-    # the first-view correction: loop loss + correction == loss of view 0, in value and gradient
+    # the supervised part: one view for the multi-view methods, every sample otherwise
     logits = torch.randn(6, 4, 6, 6, 6, requires_grad=True)
     yy = torch.randint(0, 4, (6, 1, 6, 6, 6))
-    loss = supervised_loss()
-    total = loss(logits, yy) + first_view_only(loss, logits, yy, 3)
-    (g_total,) = torch.autograd.grad(total, logits)
-    target = loss(logits[:2], yy[:2])
-    (g_target,) = torch.autograd.grad(target, logits)
-    assert torch.allclose(total, target, atol=1e-6) and torch.allclose(g_total, g_target, atol=1e-7)
+    loss = loop_loss()
+    for name, hp, n, view in (("randconv", {}, 3, 0), ("gin-ipa", {}, 3, 0), ("gin", {"views": 3}, 3, 0),
+                              ("advbias", {"supervise": "adv"}, 2, 1), ("advbias", {}, 1, 0),
+                              ("erm", {}, 1, 0)):
+        got = make(name, **hp).supervised_loss(loss, logits, yy)
+        sl = slice(view * 6 // n, (view + 1) * 6 // n)
+        assert torch.allclose(got, loss(logits[sl], yy[sl])), name
+        (g,) = torch.autograd.grad(got, logits)
+        outside = torch.ones(6, dtype=torch.bool)
+        outside[sl] = False
+        assert g[outside].abs().sum() == 0 and g[sl].abs().amax() > 0, name     # only that view learns
 
 
 # --- SLAug ---------------------------------------------------------------------------------------------

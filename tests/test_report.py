@@ -164,6 +164,15 @@ def test_paired_tests_without_maskgen(tmp_path):
     assert "No paired tests: method 'maskgen' not among the results" in (tmp_path / "out" / "ranks.md").read_text()
 
 
+def test_paired_tests_versus_another_method(tmp_path):
+    res = _copy_tree(tmp_path)
+    write_tables(res, tmp_path / "out", n_boot=0, figures=False, versus="erm")
+    pairs = pd.read_csv(tmp_path / "out" / "pairwise.csv")
+    assert len(pairs) and set(pairs["versus"]) == {"erm"} and "erm" not in set(pairs["method"])
+    assert "maskgen" in set(pairs["method"])
+    assert "Paired tests against erm" in (tmp_path / "out" / "ranks.md").read_text()
+
+
 def test_oracle_selection_is_labelled(tmp_path):
     spec = {"dataset": "synth", "method": "erm", "seed": 0, "setting": "full"}
     rows = _rows("r0", "synth", "erm", 0, "source-val", {"a": 0.5}) + _rows("r0", "synth", "erm", 0, "target-val", {"a": 0.6})

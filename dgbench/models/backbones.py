@@ -1,8 +1,8 @@
 """Segmentation backbones, chosen by name: the paper's U-Net and MONAI's DynUNet.
 
 All backbones expose ``encoder_stages`` (an nn.ModuleList of the encoder blocks, shallow to
-deep), so that feature-statistics methods (MixStyle, DSU) can wrap them by position without
-knowing the class.
+deep) and ``bottleneck`` (the deepest block), so that feature-statistics methods (MixStyle, DSU)
+can wrap them by position without knowing the class.
 """
 from __future__ import annotations
 
@@ -76,6 +76,10 @@ class DynUNetBackbone(nn.Module):
                            strides=[1] + [2] * (levels - 1), upsample_kernel_size=[2] * (levels - 1),
                            filters=filters, norm_name="instance", res_block=True)
         self.encoder_stages = nn.ModuleList([self.net.input_block, *self.net.downsamples])
+
+    @property
+    def bottleneck(self) -> nn.Module:     # a property: no second name for it in the state_dict
+        return self.net.bottleneck
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
