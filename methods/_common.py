@@ -49,6 +49,13 @@ def is_sided(ctx) -> bool:
     return True if ds is None else bool(ds.sided)
 
 
+def n_classes(ctx, y: torch.Tensor) -> int:
+    """Label classes, background included: the dataset's count (its labels are validated at
+    `prepare`), else the largest label in `y` + 1 (a device sync; only without a dataset)."""
+    ds = getattr(ctx, "dataset", None)
+    return int(ds.n_classes) if ds is not None else int(y.max().item()) + 1
+
+
 def view_loss(loss_fn, logits: torch.Tensor, y: torch.Tensor, n_views: int, view: int = 0) -> torch.Tensor:
     """The loop's loss on one of `n_views` equal stacked views: RandConv and GIN-IPA (and AdvBias
     with supervise="adv") supervise one view only and tie the others in by consistency."""

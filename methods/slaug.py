@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import amp_context, bspline_transpose, loop_loss, minmax
+from dgbench_methods._common import amp_context, bspline_transpose, loop_loss, minmax, n_classes
 
 N_CURVE = 4096          # samples of each Bezier curve (the original uses 100 000 on the CPU)
 
@@ -130,13 +130,9 @@ class SLAug(Method):
         super().__init__(hparams, ctx)
         self._gla_loss = None
 
-    def n_classes(self, y) -> int:
-        ds = getattr(self.ctx, "dataset", None)
-        return int(ds.n_classes) if ds is not None else int(y.max().item()) + 1
-
     def train_batch(self, net, x, y):
         gla = global_la(x)
-        lla = local_la(x, y, self.n_classes(y), self.hp["bg_threshold"])
+        lla = local_la(x, y, n_classes(self.ctx, y), self.hp["bg_threshold"])
         gla = gla.detach().requires_grad_(True)
         with amp_context(self.ctx, x.device):
             logits = net(gla)

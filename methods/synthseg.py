@@ -27,7 +27,7 @@ from monai.networks.layers import GaussianFilter
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import geometric, minmax, quiet_warp
+from dgbench_methods._common import geometric, minmax, n_classes, quiet_warp
 
 
 def _grid(size, factor: float) -> list[int]:
@@ -59,11 +59,6 @@ class SynthSeg(Method):
             return spatial + intensity
         return spatial + geometric(intensity)
 
-    def n_labels(self, y) -> int:
-        ds = getattr(self.ctx, "dataset", None)
-        n = int(ds.n_classes) if ds is not None else 0
-        return max(n, int(y.max().item()) + 1)
-
     # steps -------------------------------------------------------------------------------------
     def deform(self, x: torch.Tensor, y: torch.Tensor):
         """Shared random diffeomorphic deformation of image (linear) and label (nearest)."""
@@ -77,7 +72,7 @@ class SynthSeg(Method):
         return x, y
 
     def gmm(self, y: torch.Tensor) -> torch.Tensor:
-        b, n = y.shape[0], self.n_labels(y)
+        b, n = y.shape[0], n_classes(self.ctx, y)
         (m0, m1), (s0, s1) = self.hp["mean_range"], self.hp["std_range"]
         means = m0 + (m1 - m0) * torch.rand(b, n, device=y.device)
         stds = s0 + (s1 - s0) * torch.rand(b, n, device=y.device)
