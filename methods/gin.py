@@ -18,9 +18,8 @@ from dgbench.registry import register_method
 from dgbench_methods._common import SmoothField, minmax, view_consistency, view_loss
 
 
-def gin_transform(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_sizes=(1, 3),
-                  alpha: torch.Tensor | None = None) -> torch.Tensor:
-    """One GIN view of x (B, C, *spatial), norm-preserving per sample (before any min-max).
+def gin_net(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_sizes=(1, 3)) -> torch.Tensor:
+    """The random shallow network's output for x (B, C, *spatial), before mixing and rescaling.
 
     Layer l draws its kernel size from `kernel_sizes` (shared by the batch, as in the original),
     its weights and biases from N(0, 1) per sample; leaky ReLU after every layer but the last."""
@@ -37,7 +36,15 @@ def gin_transform(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_si
         if layer < n_layers - 1:
             h = F.leaky_relu(h, 0.01)
         cin = cout
-    h = h.reshape(b, c, *sp)
+    return h.reshape(b, c, *sp)
+
+
+def gin_transform(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_sizes=(1, 3),
+                  alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """One GIN view of x: alpha * gin_net(x) + (1 - alpha) * x with alpha ~ U(0, 1) per sample,
+    rescaled to x's Frobenius norm per sample (before any min-max)."""
+    b = x.shape[0]
+    h = gin_net(x, n_layers, interm, kernel_sizes)
     if alpha is None:
         alpha = torch.rand(b, device=x.device)
     alpha = alpha.view(b, *([1] * (x.ndim - 1)))
@@ -92,7 +99,8 @@ class GinIPA(_GinBase):
     search_space = {"lambda_cons": [1.0, 3.0, 10.0, 30.0]}
 
     def blend_mask(self, batch: int, size, device) -> torch.Tensor:
-        """Smooth random mask in [0, 1] per sample: (B, 1, *size)."""
+        """Smooth random mask in [0, 1] per sample: (B, 1, *size). As methods.md §4.5 has it:
+        exp(field) rescaled into [1 - epsilon, 1 + epsilon], then min-max; so epsilon cancels."""
         hp = self.hp
         field = SmoothField(size, hp["grid_spacing"], hp["order"], hp["downscale"])
         return minmax(field.multiplicative(field.random_points(batch, device), hp["epsilon"]))
