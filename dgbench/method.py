@@ -39,6 +39,9 @@ class MethodContext:
 
 class Method:
     defaults: ClassVar[dict[str, Any]] = {}
+    # Raise when a change alters what the method does with unchanged hyperparameters: it enters
+    # the run id, so results made by the old behaviour are never reused as if they were new.
+    revision: ClassVar[int] = 0
     search_space: ClassVar[dict[str, list]] = {}
 
     def __init__(self, hparams: dict | None = None, ctx: MethodContext | None = None):

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SETTING_RE = re.compile(r"^(full|fewshot-(\d+))$")
+# The reference recipe's per-transform augmentation probability (methods.md §1.3). Methods with
+# their own pipelines (HeavyAug, BigAug) scale their published probabilities by aug_prob / this.
+REFERENCE_AUG_PROB = 0.33
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class TrainConfig:
     val_every: int = 1000
     ckpt_every: int = 1000
     fg_oversample: float = 0.33      # fraction of patches centred on a foreground voxel
-    aug_prob: float = 0.33           # per-transform firing probability of the standard augmentation
+    aug_prob: float = REFERENCE_AUG_PROB  # per-transform firing probability of the standard augmentation
     sw_overlap: float = 0.5          # sliding-window overlap at evaluation
     sw_batch_size: int = 4
     num_workers: int = 0             # data-loader worker processes
@@ -84,6 +87,7 @@ class RunSpec:
     hparams: dict = field(default_factory=dict)   # method hyperparameters, defaults filled in
     train: TrainConfig = field(default_factory=TrainConfig)
     split_sha: str = ""                           # checksum of the split file used
+    method_revision: int = 0                      # the method class's `revision` (Method.revision)
 
     def __post_init__(self):
         if not SETTING_RE.match(self.setting):
@@ -95,15 +99,19 @@ class RunSpec:
         return int(m.group(2)) if m and m.group(2) else None
 
     def to_dict(self) -> dict:
-        return {"dataset": self.dataset, "method": self.method, "seed": self.seed,
-                "setting": self.setting, "hparams": dict(self.hparams),
-                "train": self.train.to_dict(), "split_sha": self.split_sha}
+        d = {"dataset": self.dataset, "method": self.method, "seed": self.seed,
+             "setting": self.setting, "hparams": dict(self.hparams),
+             "train": self.train.to_dict(), "split_sha": self.split_sha}
+        if self.method_revision:   # absent at 0, so the ids of never-revised methods stay put
+            d["method_revision"] = self.method_revision
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
         return cls(dataset=d["dataset"], method=d["method"], seed=int(d["seed"]),
                    setting=d.get("setting", "full"), hparams=dict(d.get("hparams", {})),
-                   train=TrainConfig.from_dict(d.get("train", {})), split_sha=d.get("split_sha", ""))
+                   train=TrainConfig.from_dict(d.get("train", {})), split_sha=d.get("split_sha", ""),
+                   method_revision=int(d.get("method_revision", 0)))
 
     @property
     def run_id(self) -> str:
@@ -117,11 +125,12 @@ def resolve(dataset: str, method: str, seed: int = 0, setting: str = "full",
     filled in. Reads only committed files (registry, splits), never the data."""
     from dgbench.registry import DATASETS, METHODS
     adapter = DATASETS.get(dataset)()
-    hp = METHODS.get(method).resolve_hparams(hparams)
+    cls = METHODS.get(method)
+    hp = cls.resolve_hparams(hparams)
     cfg = TrainConfig.from_dict({**adapter.train_defaults, **(train or {})})
     split = adapter.split()
     spec = RunSpec(dataset=dataset, method=method, seed=int(seed), setting=setting, hparams=hp,
-                   train=cfg, split_sha=split.sha1)
+                   train=cfg, split_sha=split.sha1, method_revision=cls.revision)
     if spec.fewshot is not None:
         split.train_cases(spec.fewshot)  # raises if the split has no such subset
     return spec

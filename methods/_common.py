@@ -1,6 +1,7 @@
 """Pieces shared by the baseline methods (methods.md §4): view consistency, per-sample min-max,
-B-spline smooth random fields, a base class for our own per-sample CPU transforms, and the
-split of the standard augmentation into its geometric and intensity parts.
+B-spline smooth random fields, a base class for our own per-sample CPU transforms, the split of
+the standard augmentation into its geometric and intensity parts, and the scaling of published
+per-transform probabilities to the run's augmentation strength (`aug_prob`).
 
 Not a method: the leading underscore keeps `load_plugins` from importing it as a plug-in.
 """
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type
 from torch import nn
+from dgbench.spec import REFERENCE_AUG_PROB
 
 # --- the recipe the loop uses ------------------------------------------------------------------
 
@@ -62,13 +64,16 @@ def view_loss(loss_fn, logits: torch.Tensor, y: torch.Tensor, n_views: int, view
     return loss_fn(logits.chunk(n_views)[view].float(), y.chunk(n_views)[view])
 
 
-def view_consistency(logits: torch.Tensor, n_views: int, direction: str = "to_mean") -> torch.Tensor:
+def view_consistency(logits: torch.Tensor, n_views: int, direction: str = "to_mean",
+                     classes: str = "sum") -> torch.Tensor:
     """Mean over views of a KL divergence between each view's softmax and the views' mean.
 
     direction "to_mean": KL(p_i || clamp(p_mean)) (RandConv / AugMix; methods.md §4.3);
     direction "from_mean": KL(p_mean || p_i) (GIN-IPA's KLDivLoss(log p_i, p_mean); §4.5).
-    Summed over classes, averaged over samples and voxels ("batchmean"-style per voxel).
-    Zero when every view predicts the same."""
+    Averaged over samples and voxels; over classes summed (classes="sum": the per-voxel KL, as
+    RandConv's F.kl_div(..., reduction="batchmean") on (sample, class) rows) or averaged
+    (classes="mean": PyTorch's KLDivLoss(reduction="mean") over every element, as GIN-IPA's code
+    has it, i.e. the "sum" value / C). Zero when every view predicts the same."""
     logits = logits.float()
     logp = F.log_softmax(logits, dim=1).chunk(n_views)
     p = [lp.exp() for lp in logp]
@@ -80,7 +85,25 @@ def view_consistency(logits: torch.Tensor, n_views: int, direction: str = "to_me
         terms = [F.kl_div(lp, mean, reduction="none") for lp in logp]
     else:
         raise ValueError(f"direction must be to_mean or from_mean, got {direction!r}")
-    return sum(t.sum(1).mean() for t in terms) / n_views
+    if classes not in ("sum", "mean"):
+        raise ValueError(f"classes must be sum or mean, got {classes!r}")
+    per_class = 1.0 if classes == "sum" else 1.0 / logits.shape[1]
+    return per_class * sum(t.sum(1).mean() for t in terms) / n_views
+
+
+# --- augmentation strength -------------------------------------------------------------------
+
+def aug_scale(ctx) -> float:
+    """The run's augmentation strength relative to the reference recipe (REFERENCE_AUG_PROB, the
+    aug_prob at which the published probabilities of DA5 and BigAug apply unchanged): aug_prob / 0.33
+    (1 without a training config)."""
+    cfg = getattr(ctx, "train", None)
+    return 1.0 if cfg is None else float(cfg.aug_prob) / REFERENCE_AUG_PROB
+
+
+def scaled_prob(p: float, scale: float) -> float:
+    """A published per-transform probability at strength `scale` (see `aug_scale`), capped at 1."""
+    return min(1.0, p * scale)
 
 
 # --- small tensor helpers ----------------------------------------------------------------------

@@ -3,7 +3,7 @@
 No official code; parameters follow the torchio reimplementation (kari-jg/BigAug_torchio).
 Replaces the standard intensity transforms; the standard geometry stays. Per-sample CPU pipeline:
   standard flips -> BigAug geometry -> standard affine -> z-score -> BigAug intensity -> (harness min-max)
-Every BigAug transform fires with p 0.5:
+Every BigAug transform fires with p 0.5 (at the reference strength, below):
 - geometry: rotation +-20 deg per axis; scaling U(0.4, 1.6) per axis; elastic deformation on a
   7^3 control grid with the outer two layers locked, displacements U(-7.5, 7.5) voxels
   (torchio's default 7.5 mm, in voxels here), trilinearly upsampled;
@@ -12,6 +12,9 @@ Every BigAug transform fires with p 0.5:
   reimplementation U(0.1, 1)); brightness shift U(-0.1, 0.1); gamma with ln(gamma) U(ln 0.5, ln 4.5);
   intensity perturbation x (1 + s) + t, s, t U(-0.1, 0.1).
 Sizes are in voxels (the reimplementation's sigmas are in mm).
+Augmentation strength: p 0.5 applies at the reference recipe's aug_prob (0.33); a run with another
+`aug_prob` scales it by aug_prob / 0.33, capped at 1 (`_common.aug_scale`), so that every method
+shares one strength.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from monai.utils import convert_to_dst_type
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import RandImageOp, geometric, quiet_warp
+from dgbench_methods._common import RandImageOp, aug_scale, geometric, quiet_warp, scaled_prob
 
 IMG, KEYS = ["image"], ["image", "label"]
 
@@ -84,31 +87,37 @@ class RandCoarseElasticd(T.RandomizableTransform, T.MapTransform):
         return d
 
 
-def bigaug_geometry() -> list:
+def bigaug_geometry(strength: float = 1.0) -> list:
+    p = scaled_prob(0.5, strength)
     deg20 = math.radians(20)
-    return [T.RandRotated(KEYS, range_x=deg20, range_y=deg20, range_z=deg20, prob=0.5, keep_size=True,
+    return [T.RandRotated(KEYS, range_x=deg20, range_y=deg20, range_z=deg20, prob=p, keep_size=True,
                           mode=("bilinear", "nearest"), padding_mode="zeros"),
             # scaling as an affine: one sampling grid for image and label (see heavyaug.da5_geometry)
-            T.RandAffined(KEYS, prob=0.5, scale_range=(0.6,) * 3, mode=("bilinear", "nearest"), padding_mode="zeros"),
-            RandCoarseElasticd(KEYS, prob=0.5)]
+            T.RandAffined(KEYS, prob=p, scale_range=(0.6,) * 3, mode=("bilinear", "nearest"), padding_mode="zeros"),
+            RandCoarseElasticd(KEYS, prob=p)]
 
 
-def bigaug_intensity() -> list:
+def bigaug_intensity(strength: float = 1.0) -> list:
+    p = scaled_prob(0.5, strength)
     s = (0.25, 1.5)
-    return [T.RandGaussianSmoothd(IMG, sigma_x=s, sigma_y=s, sigma_z=s, prob=0.5),
+    return [T.RandGaussianSmoothd(IMG, sigma_x=s, sigma_y=s, sigma_z=s, prob=p),
             T.RandGaussianSharpend(IMG, sigma1_x=s, sigma1_y=s, sigma1_z=s, sigma2_x=s, sigma2_y=s, sigma2_z=s,
-                                   alpha=(10.0, 30.0), prob=0.5),
-            T.RandGaussianNoised(IMG, prob=0.5, mean=0.0, std=1.0),
-            T.RandShiftIntensityd(IMG, offsets=0.1, prob=0.5),
-            RandLogGammad(IMG, prob=0.5),
-            RandIntensityPerturbd(IMG, prob=0.5)]
+                                   alpha=(10.0, 30.0), prob=p),
+            T.RandGaussianNoised(IMG, prob=p, mean=0.0, std=1.0),
+            T.RandShiftIntensityd(IMG, offsets=0.1, prob=p),
+            RandLogGammad(IMG, prob=p),
+            RandIntensityPerturbd(IMG, prob=p)]
 
 
 @register_method("bigaug")
 class BigAug(Method):
-    """Nine stacked transforms, each with p 0.5, in place of the standard intensity transforms."""
+    """Nine stacked transforms, each with p 0.5 (at aug_prob 0.33), in place of the standard
+    intensity transforms."""
+    revision = 1    # 1: firing probabilities scale with train.aug_prob
     defaults = {"bigaug_geometry": True}
 
     def augmentation(self, spatial, intensity):
-        own = bigaug_geometry() if self.hp["bigaug_geometry"] else []
-        return spatial + own + geometric(intensity) + [T.NormalizeIntensityd(IMG)] + bigaug_intensity()
+        strength = aug_scale(self.ctx)
+        own = bigaug_geometry(strength) if self.hp["bigaug_geometry"] else []
+        return (spatial + own + geometric(intensity) + [T.NormalizeIntensityd(IMG)]
+                + bigaug_intensity(strength))

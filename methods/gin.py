@@ -4,9 +4,27 @@ GIN: a random shallow conv net, redrawn on every call and per sample (one groupe
 over the batch), mixed with the input and rescaled to the input's Frobenius norm. We use one
 channel (C = 1): the network input and evaluation stay the plain image, as for ERM.
 
+Output range, as the original code has it (cheng-01037/Causality-Medical-Image-Domain-Generalization):
+its data loaders z-score every image (dataloaders/abd_dataset_utils.py `get_normalize_op`: CT by
+the training set's mean/std, MR per volume; ProstateDataset.py per volume); GIN
+(models/imagefilter.py, imagefilter3d.py `GINGroupConv*.forward`, out_norm 'frob') rescales the
+mix to the z-scored input's Frobenius norm and the result goes to the segmenter as it is, with no
+clipping or min-max (models/exp_trainer.py `set_input_aug_sup`; `to01` is for visualisation only);
+at test time the segmenter sees the z-scored image. Our segmenter's frame is the min-max [0, 1]
+image instead, so a GIN view here is: z-score the patch per sample (mean m, std s), GIN with the
+Frobenius rescale in that z frame, then map back with x = z * s + m. In its frame the network
+thus sees what the original's network sees in its own: views with the input's energy about the
+input's mean, any sign, offset or range; no min-max (which would undo the Frobenius rescale).
+The z-score is per patch (the original's statistics are per volume or per training set).
+
 GIN+IPA: three GIN views; views 1 and 2 swap two of them under a smooth random mask; view 3 is
 plain GIN. The three views go through the network as one stacked batch (the original's trick);
 the supervised loss covers view 1 only and a KL term ties the views' predictions together.
+The KL term is scaled as the original's `torch.nn.KLDivLoss()` (reduction "mean" over every
+element, class axis included: the per-voxel KL / C), with its weight lambda_cons = 10
+(configs_exp.py `lambda_consist`). Plain GIN with views = 3 is the original's `exp_type = 'gin'`
+experiment: `set_input_aug_sup` stacks three GIN views (IPA's blending only when 'ipa' is in
+exp_type) and `optimize_parameters` always adds the same consistency term.
 """
 from __future__ import annotations
 
@@ -16,6 +34,8 @@ import torch.nn.functional as F
 from dgbench.method import Method
 from dgbench.registry import register_method
 from dgbench_methods._common import SmoothField, minmax, view_consistency, view_loss
+
+_EPS = 1e-8
 
 
 def gin_net(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_sizes=(1, 3)) -> torch.Tensor:
@@ -42,7 +62,7 @@ def gin_net(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_sizes=(1
 def gin_transform(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_sizes=(1, 3),
                   alpha: torch.Tensor | None = None) -> torch.Tensor:
     """One GIN view of x: alpha * gin_net(x) + (1 - alpha) * x with alpha ~ U(0, 1) per sample,
-    rescaled to x's Frobenius norm per sample (before any min-max)."""
+    rescaled to x's Frobenius norm per sample (the original's out_norm "frob")."""
     b = x.shape[0]
     h = gin_net(x, n_layers, interm, kernel_sizes)
     if alpha is None:
@@ -54,12 +74,23 @@ def gin_transform(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_si
     return mixed * (norm_in / (norm_out + 1e-5)).view(b, *([1] * (x.ndim - 1)))
 
 
+def gin_view(x: torch.Tensor, n_layers: int = 4, interm: int = 2, kernel_sizes=(1, 3)) -> torch.Tensor:
+    """One GIN view of x in x's own intensity frame: z-score per sample, `gin_transform` (so the
+    view has the z-scored input's Frobenius norm), undo the z-score (see the module docstring)."""
+    x = x.float()
+    dims = tuple(range(1, x.ndim))
+    m = x.mean(dim=dims, keepdim=True)
+    s = x.std(dim=dims, keepdim=True, unbiased=False).clamp_min(_EPS)
+    return gin_transform((x - m) / s, n_layers, interm, kernel_sizes) * s + m
+
+
 class _GinBase(Method):
+    revision = 1    # 1: no min-max after the Frobenius rescale; IPA's KL as KLDivLoss 'mean'
     n_views = 3     # stacked views per batch; view 1 is supervised
 
     def gin_view(self, x):
         hp = self.hp
-        return minmax(gin_transform(x, hp["n_layers"], hp["interm_channels"], tuple(hp["kernel_sizes"])))
+        return gin_view(x, hp["n_layers"], hp["interm_channels"], tuple(hp["kernel_sizes"]))
 
     def supervised_loss(self, loss_fn, logits, y):
         return view_loss(loss_fn, logits, y, self.n_views)
@@ -67,7 +98,7 @@ class _GinBase(Method):
     def extra_loss(self, net, x, y, logits):
         if self.n_views == 1:
             return None
-        return self.hp["lambda_cons"] * view_consistency(logits, self.n_views, "from_mean")
+        return self.hp["lambda_cons"] * view_consistency(logits, self.n_views, "from_mean", classes="mean")
 
 
 @register_method("gin")
@@ -75,8 +106,9 @@ class GIN(_GinBase):
     """Random shallow-network intensity views (GIN) as the training input; views > 1 adds consistency.
 
     With views > 1 the views are stacked, view 1 is supervised and the §4.5 consistency term ties
-    them (the original code's 'gin' experiment); views = 1 is a pure input transform."""
-    defaults = {"n_layers": 4, "interm_channels": 2, "kernel_sizes": [1, 3], "views": 1, "lambda_cons": 10.0}
+    them; views = 1 is a pure input transform. Default 3 views: the original's 'gin' experiment
+    (models/exp_trainer.py `set_input_aug_sup`, `range(3)`; see the module docstring)."""
+    defaults = {"n_layers": 4, "interm_channels": 2, "kernel_sizes": [1, 3], "views": 3, "lambda_cons": 10.0}
     search_space = {"views": [1, 3]}
 
     def __init__(self, hparams=None, ctx=None):

@@ -18,6 +18,10 @@ not (p 0.2 each); low resolution 0.25-1 (p 0.15); gamma 0.7-1.5 on the inverted 
 image, statistics retained (p 0.1 each); blank rectangles (p 0.4); additive brightness gradient
 (p 0.3); local gamma (p 0.3); Laplacian sharpening 0.1-1 (p 0.2).
 
+Augmentation strength: every probability above is DA5's published one, which applies at the
+reference recipe's aug_prob (0.33); a run with another `aug_prob` scales each of them by
+aug_prob / 0.33, capped at 1 (`_common.aug_scale`), so that every method shares one strength.
+
 Cost note: the median filter is scipy's; at 128^3 a size-8 filter takes ~20 s on one core. It
 fires on ~5% of samples (as in nnU-Net); `median_max` caps the size if the loader cannot keep up.
 """
@@ -34,7 +38,7 @@ from scipy import ndimage
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import RandImageOp, gaussian_blob, geometric, is_sided
+from dgbench_methods._common import RandImageOp, aug_scale, gaussian_blob, geometric, is_sided, scaled_prob
 
 IMG, KEYS = ["image"], ["image", "label"]
 
@@ -161,49 +165,56 @@ class RandTransposed(T.RandomizableTransform, T.MapTransform):
         return d
 
 
-def da5_geometry(patch, sided: bool) -> list:
-    patch = tuple(int(p) for p in patch)
+def da5_geometry(patch, sided: bool, strength: float = 1.0) -> list:
+    """DA5's geometry; `strength` scales every probability (see the module docstring)."""
+    def p(q):
+        return scaled_prob(q, strength)
+    patch = tuple(int(v) for v in patch)
     modes = ("bilinear", "nearest")
     if max(patch) / min(patch) > 3:            # nnU-Net's ANISO_THRESHOLD: in-plane rotation only
         ranges = [0.0, 0.0, 0.0]
         ranges[int(np.argmin(patch))] = math.pi
     else:
         ranges = [math.pi / 6] * 3
-    out = [T.RandRotated(KEYS, range_x=ranges[0], range_y=ranges[1], range_z=ranges[2], prob=0.4,
+    out = [T.RandRotated(KEYS, range_x=ranges[0], range_y=ranges[1], range_z=ranges[2], prob=p(0.4),
                          keep_size=True, mode=modes, padding_mode="zeros"),
            # scaling as an affine (one grid for image and label: MONAI's Zoom resamples the label
            # with floor-nearest and the image half-pixel centred, up to a voxel apart)
-           T.RandAffined(KEYS, prob=0.2, scale_range=((-0.3, 0.43),) * 3, mode=modes, padding_mode="zeros")]
+           T.RandAffined(KEYS, prob=p(0.2), scale_range=((-0.3, 0.43),) * 3, mode=modes, padding_mode="zeros")]
     if not sided:
         pairs = [(a, b) for a, b in itertools.combinations(range(3), 2) if patch[a] == patch[b]]
         if pairs:
-            out += [T.OneOf([T.RandRotate90d(KEYS, prob=0.5, max_k=3, spatial_axes=p) for p in pairs]),
-                    RandTransposed(KEYS, 0.5, pairs)]
-        out += [T.RandFlipd(KEYS, prob=0.5, spatial_axis=a) for a in range(3)]
+            out += [T.OneOf([T.RandRotate90d(KEYS, prob=p(0.5), max_k=3, spatial_axes=pr) for pr in pairs]),
+                    RandTransposed(KEYS, p(0.5), pairs)]
+        out += [T.RandFlipd(KEYS, prob=p(0.5), spatial_axis=a) for a in range(3)]
     return out
 
 
-def da5_intensity(median_max: int = 8) -> list:
+def da5_intensity(median_max: int = 8, strength: float = 1.0) -> list:
+    """DA5's intensity transforms; `strength` scales every probability (see the module docstring)."""
+    def p(q):
+        return scaled_prob(q, strength)
     return [
-        T.OneOf([RandMedianFilterd(IMG, prob=0.1, size=(2, median_max)),
-                 T.RandGaussianSmoothd(IMG, sigma_x=(0.3, 1.5), sigma_y=(0.3, 1.5), sigma_z=(0.3, 1.5), prob=0.1)]),
-        T.RandGaussianNoised(IMG, prob=0.1, mean=0.0, std=math.sqrt(0.1)),
-        RandAdditiveBrightnessd(IMG, prob=0.1, std=0.5),
-        T.OneOf([T.RandScaleIntensityFixedMeand(IMG, factors=(-0.5, 1.0), preserve_range=True, prob=0.2),
-                 T.RandScaleIntensityFixedMeand(IMG, factors=(-0.5, 1.0), preserve_range=False, prob=0.2)]),
-        T.RandSimulateLowResolutiond(IMG, prob=0.15, zoom_range=(0.25, 1.0)),
-        T.RandAdjustContrastd(IMG, prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
-        T.RandAdjustContrastd(IMG, prob=0.1, gamma=(0.7, 1.5), invert_image=False, retain_stats=True),
-        RandBlankRectanglesd(IMG, prob=0.4),
-        RandBrightnessGradientd(IMG, prob=0.3),
-        RandLocalGammad(IMG, prob=0.3),
-        RandLaplacianSharpend(IMG, prob=0.2, strength=(0.1, 1.0)),
+        T.OneOf([RandMedianFilterd(IMG, prob=p(0.1), size=(2, median_max)),
+                 T.RandGaussianSmoothd(IMG, sigma_x=(0.3, 1.5), sigma_y=(0.3, 1.5), sigma_z=(0.3, 1.5), prob=p(0.1))]),
+        T.RandGaussianNoised(IMG, prob=p(0.1), mean=0.0, std=math.sqrt(0.1)),
+        RandAdditiveBrightnessd(IMG, prob=p(0.1), std=0.5),
+        T.OneOf([T.RandScaleIntensityFixedMeand(IMG, factors=(-0.5, 1.0), preserve_range=True, prob=p(0.2)),
+                 T.RandScaleIntensityFixedMeand(IMG, factors=(-0.5, 1.0), preserve_range=False, prob=p(0.2))]),
+        T.RandSimulateLowResolutiond(IMG, prob=p(0.15), zoom_range=(0.25, 1.0)),
+        T.RandAdjustContrastd(IMG, prob=p(0.1), gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
+        T.RandAdjustContrastd(IMG, prob=p(0.1), gamma=(0.7, 1.5), invert_image=False, retain_stats=True),
+        RandBlankRectanglesd(IMG, prob=p(0.4)),
+        RandBrightnessGradientd(IMG, prob=p(0.3)),
+        RandLocalGammad(IMG, prob=p(0.3)),
+        RandLaplacianSharpend(IMG, prob=p(0.2), strength=(0.1, 1.0)),
     ]
 
 
 @register_method("heavyaug")
 class HeavyAug(Method):
     """nnU-Net DA5 heavy augmentation in place of the standard intensity transforms."""
+    revision = 1    # 1: firing probabilities scale with train.aug_prob
     defaults = {"da5_geometry": True, "median_max": 8}
 
     def patch(self):
@@ -211,7 +222,7 @@ class HeavyAug(Method):
         return tuple(cfg.patch_size) if cfg is not None else (128, 128, 128)
 
     def augmentation(self, spatial, intensity):
-        sided = is_sided(self.ctx)
-        own = da5_geometry(self.patch(), sided) if self.hp["da5_geometry"] else []
+        sided, strength = is_sided(self.ctx), aug_scale(self.ctx)
+        own = da5_geometry(self.patch(), sided, strength) if self.hp["da5_geometry"] else []
         return (spatial + own + geometric(intensity) + [T.NormalizeIntensityd(IMG)]
-                + da5_intensity(int(self.hp["median_max"])))
+                + da5_intensity(int(self.hp["median_max"]), strength))
