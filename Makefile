@@ -5,6 +5,7 @@ VENV      ?= .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 METHOD    ?= maskgen
+VERSUS    ?= erm
 DATASET   ?= synth
 SEEDS     ?= 0,1,2
 RESULTS   ?= results
@@ -15,7 +16,7 @@ TORCH_PIN ?= $(shell $(PY) -c "import sys; print('torch==2.13.0' if sys.version_
 .PHONY: install bench test tables status clean-venv help
 
 help:
-	@echo "make bench [METHOD=maskgen] [DATASET=synth] [SEEDS=0,1,2] [RESULTS=results]"
+	@echo "make bench [METHOD=maskgen] [VERSUS=erm|none] [DATASET=synth] [SEEDS=0,1,2] [RESULTS=results]"
 	@echo "make test             run the test suite"
 	@echo "make tables           rebuild tables from RESULTS"
 	@echo "make status           show run states in RESULTS"
@@ -32,7 +33,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 bench: $(STAMP)
-	$(BIN)/dgbench bench --method $(METHOD) --dataset $(DATASET) --seeds $(SEEDS) --results $(RESULTS) $(EXECUTOR_ARGS) $(BENCH_ARGS)
+	$(BIN)/dgbench bench --method $(METHOD) --versus $(VERSUS) --dataset $(DATASET) --seeds $(SEEDS) --results $(RESULTS) $(EXECUTOR_ARGS) $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -21,13 +21,15 @@ def _seeds(text: str) -> list[int]:
     return as_seeds(text)
 
 
-def _hparams_for(method: str, pairs) -> dict:
-    """--hparam KEY=VALUE applies to every method; --hparam METHOD.KEY=VALUE to that one only."""
+def _hparams_for(method: str, pairs, unqualified: bool = True) -> dict:
+    """--hparam KEY=VALUE applies to every method (unless ``unqualified`` is False: the --versus
+    method keeps its own defaults); --hparam METHOD.KEY=VALUE to that one only."""
     out = {}
     for key, value in pairs or []:
         target, dot, name = key.rpartition(".")
         if not dot:
-            out[key] = value
+            if unqualified:
+                out[key] = value
         elif target == method:
             out[name] = value
     return out
@@ -38,8 +40,10 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def cmd_bench(args) -> int:
-    from dgbench import orchestrate, report
+def bench_specs(args) -> list:
+    """The runs `bench` means: every --method x seed, plus the --versus method's runs (same
+    dataset, setting, seeds and training options; its own hyperparameter defaults) when it is
+    not listed. Run ids are spec hashes, so its done runs are reused."""
     from dgbench.spec import resolve
     train = dict(args.train or [])
     for key in ("steps", "batch_size"):
@@ -48,6 +52,16 @@ def cmd_bench(args) -> int:
     methods = [m for m in args.method.split(",") if m]
     specs = [resolve(args.dataset, m, seed=s, setting=args.setting, hparams=_hparams_for(m, args.hparam),
                      train=train) for m in methods for s in args.seeds]
+    versus = args.versus.strip()
+    if versus.lower() != "none" and versus and versus not in methods:
+        specs += [resolve(args.dataset, versus, seed=s, setting=args.setting, train=train,
+                          hparams=_hparams_for(versus, args.hparam, unqualified=False)) for s in args.seeds]
+    return specs
+
+
+def cmd_bench(args) -> int:
+    from dgbench import orchestrate, report
+    specs = bench_specs(args)
     results = Path(args.results)
     from dgbench.data.cache import ensure_prepared
     from dgbench.registry import DATASETS
@@ -64,6 +78,9 @@ def cmd_bench(args) -> int:
     wall = time.time() - t0
     print()
     print(report.bench_table(results, [s.run_id for s in specs]))
+    warning = report.convergence_warning(results, [s.run_id for s in specs])
+    if warning:
+        print(warning)
     print()
     print(f"{len(specs)} run(s) in {wall:.1f} s ({name} executor): " + ", ".join(f"{sum(v == st for v in states.values())} {st}"
                                                              for st in sorted(set(states.values()))))
@@ -130,9 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("bench", help="train and evaluate methods on a dataset, print the Dice table",
-                       description="Run (or resume) every method x seed on one dataset and print a Dice "
-                                   "table: rows = methods, columns = source-val and each target domain.")
+                       description="Run (or resume) every method x seed on one dataset, plus the --versus "
+                                   "method (default erm) for comparison, and print a Dice table: rows = "
+                                   "methods, columns = source-val and each target domain. Cells from runs "
+                                   "that did not converge are marked † and a warning says why.")
     b.add_argument("--method", default="maskgen", help="method name(s), comma-separated (default maskgen)")
+    b.add_argument("--versus", default="erm", metavar="METHOD",
+                   help="also run this method (same dataset, seeds and training options; its own "
+                        "hyperparameter defaults) and show it in the table; done runs are reused "
+                        "(default erm; 'none' = only --method)")
     b.add_argument("--dataset", default="synth", help="dataset name (default: the embedded synth benchmark)")
     b.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="seeds, e.g. 0,1,2 or 0-2 (default 0,1,2)")
     b.add_argument("--setting", default="full", help="full or fewshot-N (default full)")

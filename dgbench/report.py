@@ -31,6 +31,14 @@ method × every observed seed. A grid cell without a folder is *missing*; a fold
 ``failed.json`` is *failed*; a folder without ``done.json`` is *incomplete*. None of these is
 averaged; every table lists them under it.
 
+Convergence: every done run gets the :mod:`dgbench.convergence` verdict: the one recorded in
+``done.json`` at the end of training, or, for run folders made before that, one computed from
+the folder's files (``train_loss.csv``, else the interval means in ``val_history.csv``, and the
+tables say so). A cell built from at least one run that
+did not converge (or whose convergence is unknown) carries a ``†`` after its value; rank and
+paired-test tables put it after the method name. A note under the table names the runs and
+why; the CSV files carry the count in ``*.not_converged`` / ``not_converged`` columns.
+
 Predictions for the example-slice figure (contract with the engine): a run folder MAY contain
 ``predictions/<case>.npz`` with arrays ``image`` (D,H,W float), ``label`` (D,H,W int) and
 ``pred`` (D,H,W int) for a few target-domain (split "test") cases, predicted with the
@@ -58,6 +66,7 @@ DECIMALS = 1                      # Dice x100 shown with one decimal; ranks tie 
 SCALE = 100.0
 REF_METHOD = "maskgen"
 DASH = "–"
+DAGGER = "†"                      # after a value built from a run that did not converge
 _RUN_ID_RE = re.compile(r"^(?P<dataset>.+?)_(?P<method>.+)_(?P<setting>full|fewshot-\d+)_s(?P<seed>\d+)_[0-9a-f]{10}$")
 _MISSING_NOTE = "Dice convention: per run, each foreground class is averaged over the cases whose ground truth contains it, then classes are averaged (a class absent from every case is excluded); cells are mean ± s.d. over seeds, Dice ×100."
 
@@ -114,7 +123,8 @@ class Collection:
         return self._cache[key]
 
 
-_RUN_COLUMNS = ["run_id", "dataset", "method", "setting", "seed", "config", "state", "error", "path"]
+_RUN_COLUMNS = ["run_id", "dataset", "method", "setting", "seed", "config", "state", "error", "path",
+                "converged", "convergence", "convergence_source"]
 
 
 def _config_key(spec: dict) -> str:
@@ -126,7 +136,8 @@ def _config_key(spec: dict) -> str:
 def _read_run(path: Path) -> dict:
     run_id = path.name
     row = {"run_id": run_id, "dataset": None, "method": None, "setting": None, "seed": None,
-           "config": "", "state": "pending", "error": None, "path": str(path)}
+           "config": "", "state": "pending", "error": None, "path": str(path),
+           "converged": None, "convergence": "", "convergence_source": None}
     spec = None
     try:
         with open(path / "spec.json") as f:
@@ -145,6 +156,8 @@ def _read_run(path: Path) -> dict:
             row.update(dataset=m["dataset"], method=m["method"], setting=m["setting"], seed=m["seed"])
     if (path / "done.json").exists():
         row["state"] = "done"
+        steps = (spec.get("train") or {}).get("steps") if isinstance(spec, dict) else None
+        row.update(_run_convergence(path, steps))
     elif (path / "failed.json").exists():
         row["state"] = "failed"
         try:
@@ -157,6 +170,57 @@ def _read_run(path: Path) -> dict:
     if row["seed"] is not None:
         row["seed"] = int(row["seed"])
     return row
+
+
+def _run_convergence(path: Path, steps) -> dict:
+    """converged (True / False / None = unknown), convergence (the reasons), convergence_source.
+
+    The verdict recorded in done.json at the end of training when there is one (reading a
+    250k-step train_loss.csv takes ~0.5 s); else computed from the files (older run folders)."""
+    from dgbench import convergence
+    try:
+        with open(path / "done.json") as f:
+            v = json.load(f).get("convergence")
+        if not (isinstance(v, dict) and "converged" in v and "source" in v):
+            v = convergence.of_run(path, int(steps) if steps else None)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        v = {"converged": None, "source": "none",
+             "reasons": [f"convergence unknown: unreadable train_loss.csv / val_history.csv ({e})"]}
+    return {"converged": v["converged"], "convergence": " and ".join(v["reasons"]),
+            "convergence_source": v["source"]}
+
+
+def not_converged(runs: pd.DataFrame) -> pd.Series:
+    """Mask of the runs that did not converge or whose convergence is unknown."""
+    return ~runs["converged"].eq(True)
+
+
+def _bad_ids(runs: pd.DataFrame) -> set:
+    return set(runs.loc[not_converged(runs), "run_id"])
+
+
+def _convergence_notes(runs: pd.DataFrame, run_ids: Iterable[str], subject: str = "in this cell") -> list[str]:
+    """The † note (runs that did not converge, grouped by method) and, if any, the note on
+    verdicts judged from val_history.csv, for the runs ``run_ids``."""
+    sub = runs[runs["run_id"].isin(set(run_ids))]
+    bad = sub[not_converged(sub)].sort_values(["method", "dataset", "setting", "seed", "run_id"])
+    notes = []
+    if len(bad):
+        groups = []
+        for meth, g in bad.groupby("method", sort=True):
+            items = [f"{r.dataset}{'' if r.setting == 'full' else f' ({r.setting})'} seed {r.seed}: "
+                     f"{r.convergence}" for r in g.itertuples()]
+            if len(items) > 4:
+                items = items[:3] + [f"{len(items) - 3} more runs"]
+            groups.append(f"{meth} — " + ", ".join(items))
+        notes.append(f"{DAGGER} at least one run {subject} did not converge (see convergence in done.json): "
+                     + "; ".join(groups) + ".")
+    fb = sub[sub["convergence_source"] == "val_history"].groupby("method", sort=True).size()
+    if len(fb):
+        notes.append("Convergence judged from val_history.csv (mean loss per validation interval; these run "
+                     "folders have no per-step train_loss.csv): "
+                     + ", ".join(f"{m} ({n} run{'s' if n != 1 else ''})" for m, n in fb.items()) + ".")
+    return notes
 
 
 def _read_metrics(path: Path) -> pd.DataFrame | None:
@@ -330,6 +394,7 @@ def bench_table(results: Path, run_ids: list[str]) -> str:
         info = runs.set_index("run_id")
         for k in ("dataset", "setting", "method", "seed"):
             sc[k] = sc["run_id"].map(info[k])
+        unconverged = _bad_ids(runs)
         for (ds, setting), g in sc.groupby(["dataset", "setting"], sort=True):
             columns = sorted(g["column"].unique(), key=lambda c: (c != "source-val", c == "target: all", c))
             header = ["method"] + columns + ["seeds"]
@@ -338,7 +403,8 @@ def bench_table(results: Path, run_ids: list[str]) -> str:
                 cells = []
                 for c in columns:
                     mean, sd, n = _seed_stats(gm.loc[gm["column"] == c, "dice"])
-                    cells.append(fmt_cell(mean, sd, n))
+                    mark = n and bool(set(gm.loc[gm["column"] == c, "run_id"]) & unconverged)
+                    cells.append(fmt_cell(mean, sd, n) + (DAGGER if mark else ""))
                 rows.append([str(meth), *cells, str(gm["run_id"].nunique())])
             used = sorted({chosen[r] for r in g["run_id"].unique()})
             if used == [PRIMARY]:
@@ -355,7 +421,7 @@ def bench_table(results: Path, run_ids: list[str]) -> str:
                     "(a class absent from every case is excluded).")
             if "source-val" in columns and used != [REFERENCE]:
                 foot += " The source-val column is the split used for selection, so it is optimistic."
-            out.append(foot + "\n")
+            out.append("\n\n".join([foot, *_convergence_notes(runs, g["run_id"].unique())]) + "\n")
     else:
         out.append("No finished runs to tabulate.\n")
     bad = runs[runs["state"] != "done"]
@@ -365,6 +431,25 @@ def bench_table(results: Path, run_ids: list[str]) -> str:
     if problems:
         out.append("Not in the table (failed / incomplete / missing):\n" + "\n".join(problems) + "\n")
     return "\n".join(out).rstrip() + "\n"
+
+
+def convergence_warning(results: Path, run_ids: list[str]) -> str:
+    """'WARNING: k runs did not converge ...' naming each done run of ``run_ids`` that did not
+    converge (or whose convergence is unknown) and why; '' when every done run converged."""
+    from dgbench.rundir import RunDir
+    bad = []
+    for rid in run_ids:
+        rd = RunDir.for_run(results, rid)
+        if not (rd.done_file.exists() and rd.metrics_file.exists()):
+            continue
+        row = _read_run(rd.path)
+        if row["converged"] is not True:
+            bad.append(f"  {rid}: {row['convergence']}")
+    if not bad:
+        return ""
+    n = len(bad)
+    return (f"WARNING: {n} run{'s' if n != 1 else ''} did not converge and {'are' if n != 1 else 'is'} "
+            f"marked {DAGGER} in the table:\n" + "\n".join(bad))
 
 
 # ------------------------------------------------------------------------------------------
@@ -502,11 +587,13 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
     acc = _grid_accounting(col.runs, cols, methods, seeds, set(sc["run_id"]), extra, cfg_notes, col_label)
     n_exp_seeds = len(seeds)
     # cell statistics
-    stats = {}
+    stats, n_bad = {}, {}
+    bad = _bad_ids(col.runs)
     for (d, s, meth), g in sc.groupby(["dataset", "setting", "method"], sort=True):
         mean, sd, n = _seed_stats(g["dice"])
         rmean, rsd, _ = _seed_stats(g["dice_refcompat"])
         stats[(d, s, meth)] = (mean, sd, n, rmean, rsd)
+        n_bad[(d, s, meth)] = len(set(g.loc[g["dice"].notna(), "run_id"]) & bad)
     nan5 = (float("nan"), float("nan"), 0, float("nan"), float("nan"))
     means = np.array([[stats.get((d, s, meth), nan5)[0] for (d, s) in cols] for meth in methods]).reshape(len(methods), len(cols))
     ranks = _rank_scores(means) if len(methods) and len(cols) else np.zeros_like(means)
@@ -528,7 +615,8 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
         rec = {"method": meth}
         for j, c in enumerate(cols):
             mean, sd, n, rmean, rsd = stats.get((c[0], c[1], meth), nan5)
-            txt = fmt_cell(mean, sd, n)
+            nb = n_bad.get((c[0], c[1], meth), 0)
+            txt = fmt_cell(mean, sd, n) + (DAGGER if nb else "")
             if 0 < n < n_exp_seeds:
                 txt += f" (n={n})"
             cells.append(txt)
@@ -536,7 +624,7 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
             L = col_label(c)
             rec.update({f"{L}.mean": mean * SCALE, f"{L}.sd": sd * SCALE, f"{L}.n": n,
                         f"{L}.mean_refcompat": rmean * SCALE, f"{L}.sd_refcompat": rsd * SCALE,
-                        f"{L}.rank": ranks[i, j]})
+                        f"{L}.rank": ranks[i, j], f"{L}.not_converged": nb})
         if with_rank:
             cells.append(f"{avg_rank[i]:.2f}" + ("*" if flagged[i] else ""))
             b.append(bool(best_rank[i]))
@@ -559,7 +647,8 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
                 srcs.update(p["source"].astype(str))
                 ours = means[i, j] * SCALE
                 prow.append(f"{pv:.{DECIMALS}f}")
-                drow.append(DASH if not np.isfinite(ours) else f"{ours - pv:+.{DECIMALS}f}")
+                drow.append(DASH if not np.isfinite(ours) else f"{ours - pv:+.{DECIMALS}f}"
+                            + (DAGGER if n_bad.get((c[0], c[1], REF_METHOD)) else ""))
                 prec[f"{L}.mean"] = pv
                 drec[f"{L}.mean"] = ours - pv
             else:
@@ -587,6 +676,7 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
         notes.append("Bold: best per column (equal shown values tie). Rank per column by mean Dice rounded to the "
                      "shown precision, ties averaged; avg. rank = mean over columns. "
                      "* = no result in at least one column, counted as sharing the last places there.")
+    notes += _convergence_notes(col.runs, sc.loc[sc["dice"].notna(), "run_id"])
     notes += _accounting_notes(acc, int(sc["run_id"].nunique()))
     csv = _int_columns(pd.DataFrame(csv_rows))
     table = Table(name=name, title=title, header=header, rows=rows, bold=bold, notes=notes, csv=csv)
@@ -611,20 +701,23 @@ def _per_class_table(col: Collection, selection: str, dataset: str, methods: lis
     stats = np.full((len(methods), len(classes) + 1), np.nan)
     cells_all = []
     csv_rows = []
+    bad = _bad_ids(col.runs)
     for i, meth in enumerate(methods):
         cells, rec = [], {"method": meth}
+        nb = len(set(rs.loc[rs["method"] == meth, "run_id"]) & bad)
+        mark = DAGGER if nb else ""
         for j, (k, name) in enumerate(zip(classes["class"], classes["class_name"])):
             mean, sd, n = _seed_stats(cs.loc[(cs["method"] == meth) & (cs["class"] == k), "dice"])
             stats[i, j] = mean
-            cells.append(fmt_cell(mean, sd, n))
+            cells.append(fmt_cell(mean, sd, n) + (mark if n else ""))
             rec.update({f"{name}.mean": mean * SCALE, f"{name}.sd": sd * SCALE, f"{name}.n": n})
         mean, sd, n = _seed_stats(rs.loc[rs["method"] == meth, "dice"])
         rmean, rsd, _ = _seed_stats(rs.loc[rs["method"] == meth, "dice_refcompat"])
         stats[i, -1] = mean
-        cells.append(fmt_cell(mean, sd, n))
+        cells.append(fmt_cell(mean, sd, n) + (mark if n else ""))
         rec.update({"mean.mean": mean * SCALE, "mean.sd": sd * SCALE, "mean.n": n,
                     "mean.mean_refcompat": rmean * SCALE, "mean.sd_refcompat": rsd * SCALE,
-                    "selection": selection})
+                    "selection": selection, "not_converged": nb})
         cells_all.append(cells)
         csv_rows.append(rec)
     shown = np.round(stats * SCALE, DECIMALS)
@@ -641,6 +734,7 @@ def _per_class_table(col: Collection, selection: str, dataset: str, methods: lis
         notes.append("Classes absent from every target case (no Dice; excluded from 'mean', counted as 0 "
                      "in the CSV's mean_refcompat): " + ", ".join(absent) + ".")
     notes.append("Bold: best per column.")
+    notes += _convergence_notes(col.runs, rs["run_id"])
     notes += _accounting_notes(acc, int(rs["run_id"].nunique()))
     return Table(name=f"perclass_{_slug(dataset)}", title=f"Per-class target Dice (×100): {dataset}",
                  header=header, rows=[[m, *r] for m, r in zip(methods, cells_all)],
@@ -650,7 +744,7 @@ def _per_class_table(col: Collection, selection: str, dataset: str, methods: lis
 def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
     """Counts stay integers in the CSV even next to rows that lack them."""
     for c in df.columns:
-        if c.endswith(".n") or c in ("n_runs", "n_cases"):
+        if c.endswith((".n", "not_converged")) or c in ("n_runs", "n_cases"):
             df[c] = df[c].astype("Int64")
     return df
 
@@ -672,7 +766,7 @@ def to_markdown(t: Table) -> str:
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _TEX_UNICODE = {"±": r"$\pm$", "–": "--", "—": "---", "−": r"$-$", "Δ": r"$\Delta$", "×": r"$\times$",
-                "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\rightarrow$", "’": "'", "²": r"$^2$"}
+                "†": r"$^\dagger$", "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\rightarrow$", "’": "'", "²": r"$^2$"}
 
 
 def tex_escape(s: str) -> str:
@@ -805,6 +899,7 @@ def rank_statistics(col: Collection, selection: str, cols: list[tuple[str, str]]
     for c in cols:
         L = col_label(c)
         ur = used_runs[(used_runs["dataset"] == c[0]) & (used_runs["setting"] == c[1])]
+        n_bad = ur[not_converged(ur)].groupby("method").size()         # method -> runs not converged
         run_ids = sorted(ur["run_id"])
         meth_idx = np.array([methods.index(x) for x in ur.set_index("run_id").loc[run_ids, "method"]], dtype=int)
         m = m_all[m_all["run_id"].isin(run_ids)]
@@ -849,7 +944,7 @@ def rank_statistics(col: Collection, selection: str, cols: list[tuple[str, str]]
                    "dice_ci_lo": np.nan, "dice_ci_hi": np.nan, "rank": pr[k],
                    "rank_ci_lo": np.nan, "rank_ci_hi": np.nan, "p_first": np.nan,
                    "rank_then_aggregate": rta_c[k], "n_cases": int(keep.sum()),
-                   "n_runs": int((meth_idx == k).sum())}
+                   "n_runs": int((meth_idx == k).sum()), "not_converged": int(n_bad.get(meth, 0))}
             if bscore is not None and np.isfinite(point[k]):
                 row["dice_ci_lo"], row["dice_ci_hi"] = np.percentile(bscore[:, k], [2.5, 97.5]) * SCALE
                 row["rank_ci_lo"], row["rank_ci_hi"] = np.percentile(brank[:, k], [2.5, 97.5])
@@ -870,7 +965,9 @@ def rank_statistics(col: Collection, selection: str, cols: list[tuple[str, str]]
                 pair_rows.append({"scope": L, "method": meth, "versus": reference, "n_cases": int(diff.size),
                                   "mean_diff": diff.mean() if diff.size else np.nan,
                                   "median_diff": np.median(diff) if diff.size else np.nan,
-                                  "diff_ci_lo": lo, "diff_ci_hi": hi, "p_wilcoxon": _wilcoxon(diff)})
+                                  "diff_ci_lo": lo, "diff_ci_hi": hi, "p_wilcoxon": _wilcoxon(diff),
+                                  "not_converged": int(n_bad.get(meth, 0)),
+                                  "versus_not_converged": int(n_bad.get(reference, 0))})
     # average over columns
     if cols:
         avg_point = np.mean(point_ranks, axis=0)
@@ -880,19 +977,21 @@ def rank_statistics(col: Collection, selection: str, cols: list[tuple[str, str]]
             row = {"scope": "average", "method": meth, "mean_dice": np.nan, "dice_ci_lo": np.nan,
                    "dice_ci_hi": np.nan, "rank": avg_point[k], "rank_ci_lo": np.nan, "rank_ci_hi": np.nan,
                    "p_first": np.nan, "rank_then_aggregate": avg_rta[k], "n_cases": np.nan,
-                   "n_runs": int(sum(r["n_runs"] for r in rank_rows if r["method"] == meth))}
+                   "n_runs": int(sum(r["n_runs"] for r in rank_rows if r["method"] == meth)),
+                   "not_converged": int(sum(r["not_converged"] for r in rank_rows if r["method"] == meth))}
             if avg_boot is not None:
                 row["rank_ci_lo"], row["rank_ci_hi"] = np.percentile(avg_boot[:, k], [2.5, 97.5])
                 row["p_first"] = float(np.mean(np.isclose(avg_boot[:, k], avg_boot.min(axis=1))))
             rank_rows.append(row)
     ranks = pd.DataFrame(rank_rows, columns=["scope", "method", "mean_dice", "dice_ci_lo", "dice_ci_hi",
                                              "rank", "rank_ci_lo", "rank_ci_hi", "p_first",
-                                             "rank_then_aggregate", "n_cases", "n_runs"])
+                                             "rank_then_aggregate", "n_cases", "n_runs", "not_converged"])
     ranks = _int_columns(ranks)
     ranks["selection"] = selection
     ranks["bootstrap"] = n_boot
     pairs = pd.DataFrame(pair_rows, columns=["scope", "method", "versus", "n_cases", "mean_diff", "median_diff",
-                                             "diff_ci_lo", "diff_ci_hi", "p_wilcoxon"])
+                                             "diff_ci_lo", "diff_ci_hi", "p_wilcoxon", "not_converged",
+                                             "versus_not_converged"])
     pairs["p_holm"] = holm(pairs["p_wilcoxon"].to_numpy()) if len(pairs) else []
     pairs["significant"] = pairs["p_holm"] < 0.05
     pairs["selection"] = selection
@@ -916,9 +1015,16 @@ def _p(v: float) -> str:
 
 
 def rank_tables(ranks: pd.DataFrame, pairs: pd.DataFrame, selection: str, n_boot: int, seed: int,
-                methods: list[str], reference: str = REF_METHOD) -> list[Table]:
+                methods: list[str], reference: str = REF_METHOD, runs: pd.DataFrame | None = None
+                ) -> list[Table]:
+    """Average-rank, per-dataset and paired-test tables. ``runs``: the runs behind them, for
+    the note on runs that did not converge (their methods carry a †)."""
+    def name(meth: str, n_bad) -> str:
+        return f"{meth}{DAGGER}" if n_bad else meth
+
+    cnotes = _convergence_notes(runs, runs["run_id"], subject="of this method") if runs is not None else []
     avg = ranks[ranks["scope"] == "average"]
-    rows = [[r.method, _num(r.rank), _ci(r.rank_ci_lo, r.rank_ci_hi, "{:.2f}"), _num(r.p_first),
+    rows = [[name(r.method, r.not_converged), _num(r.rank), _ci(r.rank_ci_lo, r.rank_ci_hi, "{:.2f}"), _num(r.p_first),
              _num(r.rank_then_aggregate)] for r in avg.itertuples()]
     notes = [f"Selection: {selection_label(selection)}.",
              "avg. rank: rank per dataset by mean Dice (shown precision, ties averaged), mean over datasets. "
@@ -929,23 +1035,24 @@ def rank_tables(ranks: pd.DataFrame, pairs: pd.DataFrame, selection: str, n_boot
               "(possibly shared) average rank." if n_boot > 0 else "Bootstrap disabled (--bootstrap 0).")]
     t1 = Table(name="ranks", title="Average rank (aggregate-then-rank and rank-then-aggregate)",
                header=["method", "avg. rank", "95% CI", "P(first)", "rank-then-aggregate"],
-               rows=rows, bold=[[False] * 5 for _ in rows], notes=notes, csv=ranks)
+               rows=rows, bold=[[False] * 5 for _ in rows], notes=notes + cnotes, csv=ranks)
     per = ranks[ranks["scope"] != "average"]
-    rows2 = [[r.scope, r.method, _num(r.mean_dice, "{:.1f}"), _ci(r.dice_ci_lo, r.dice_ci_hi),
+    rows2 = [[r.scope, name(r.method, r.not_converged), _num(r.mean_dice, "{:.1f}"), _ci(r.dice_ci_lo, r.dice_ci_hi),
               _num(r.rank, "{:.1f}"), _ci(r.rank_ci_lo, r.rank_ci_hi), _num(r.rank_then_aggregate)]
              for r in per.itertuples()]
     t2 = Table(name="ranks_per_dataset", title="Mean Dice (×100) with bootstrap 95% CI over target cases",
                header=["dataset", "method", "mean Dice", "95% CI", "rank", "rank 95% CI", "rank-then-aggregate"],
                rows=rows2, bold=[[False] * 7 for _ in rows2],
-               notes=["Mean Dice: seed-averaged dataset score (clean mean, see main table)."], csv=per,
+               notes=["Mean Dice: seed-averaged dataset score (clean mean, see main table)."] + cnotes, csv=per,
                align=["l", "l", "r", "r", "r", "r", "r"])
     if len(pairs):
-        rows3 = [[r.scope, f"{r.versus} vs {r.method}", str(r.n_cases), _num(r.mean_diff, "{:+.1f}"),
+        rows3 = [[r.scope, f"{name(r.versus, r.versus_not_converged)} vs {name(r.method, r.not_converged)}",
+                  str(r.n_cases), _num(r.mean_diff, "{:+.1f}"),
                   _num(r.median_diff, "{:+.1f}"), _ci(r.diff_ci_lo, r.diff_ci_hi, "{:+.1f}"), _p(r.p_wilcoxon),
                   _p(r.p_holm)] for r in pairs.itertuples()]
         pnotes = [f"Two-sided Wilcoxon signed-rank test over target cases on the seed-averaged case mean Dice "
                   f"(×100), {reference} minus the other method; Holm correction across all {len(pairs)} "
-                  f"comparisons in this table; CI: paired bootstrap of the mean difference."]
+                  f"comparisons in this table; CI: paired bootstrap of the mean difference."] + cnotes
     else:
         rows3 = []
         pnotes = [f"No paired tests: method '{reference}' not among the results ({', '.join(methods) or 'none'})."
@@ -1209,7 +1316,8 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     used, _, _ = _select_runs(col, primary, full_cols)
     ranks, pairs = rank_statistics(col, primary, full_cols, methods, used, n_boot=n_boot, seed=seed,
                                    reference=versus)
-    t_rank, t_per, t_pair = rank_tables(ranks, pairs, primary, n_boot, seed, methods, reference=versus)
+    t_rank, t_per, t_pair = rank_tables(ranks, pairs, primary, n_boot, seed, methods, reference=versus,
+                                        runs=used)
     from dgbench.rundir import atomic_write_text
     csv_kw = dict(index=False, float_format="%.6f", lineterminator="\n")
     atomic_write_text(out / "ranks.csv", ranks.to_csv(**csv_kw))
@@ -1239,7 +1347,9 @@ def register_cli(subparsers) -> None:
         description="Rebuild every table (Markdown, LaTeX booktabs, CSV), rank/statistics file and figure "
                     "from <results>/runs. Dice: per run, each foreground class averaged over the target "
                     "cases that contain it, then over classes (absent-everywhere classes excluded; the "
-                    "reference-compatible mean that counts them as 0 is in the CSV).")
+                    "reference-compatible mean that counts them as 0 is in the CSV). A value built from a "
+                    "run that did not converge (dgbench.convergence; see done.json) is marked †, with the "
+                    "reason under the table.")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder holding runs/ (default: results)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS/tables)")
     p.add_argument("--selection", default=PRIMARY,

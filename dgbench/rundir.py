@@ -9,9 +9,13 @@ Layout of ``<results>/runs/<run_id>/``::
     executor.json      who runs it: {"executor", "job_id", "host", "pid", "time"} (written by orchestrate)
     predictions/<case>.npz   image, label and pred of one target case per domain (for figures)
     checkpoints/last.pt, checkpoints/best.pt   full training state (model, optimiser, scheduler, step)
-    val_history.csv    step, loss, val_dice (source-val mean Dice) - one row per validation
+    val_history.csv    step, loss, val_dice (source-val mean Dice) - one row per validation;
+                       loss is the mean training loss since the previous validation
+    train_loss.csv     step, loss - the training loss of every step, rewritten at each checkpoint
+                       (rows up to the checkpointed step; a resume drops rows past it)
     metrics.csv        per-case, per-class Dice, long format (columns: METRIC_COLUMNS)
-    done.json          final marker: {"finished", "wall_s", "steps", "best_step", ...}
+    done.json          final marker: {"finished", "wall_s", "steps", "best_step", ..., "convergence"}
+                       ("convergence": the dgbench.convergence verdict from the two CSV files above)
     failed.json        final marker on error: {"error": last line, "traceback": full text, "time"}
 
 metrics.csv rows: one per (selection, split, case, class). ``selection`` is the checkpoint
@@ -82,6 +86,7 @@ class RunDir:
     last_ckpt = property(lambda self: self.path / "checkpoints" / "last.pt")
     best_ckpt = property(lambda self: self.path / "checkpoints" / "best.pt")
     val_history = property(lambda self: self.path / "val_history.csv")
+    train_loss = property(lambda self: self.path / "train_loss.csv")
     metrics_file = property(lambda self: self.path / "metrics.csv")
     done_file = property(lambda self: self.path / "done.json")
     failed_file = property(lambda self: self.path / "failed.json")

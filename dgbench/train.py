@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from dgbench import __version__
+from dgbench import __version__, convergence
 from dgbench.data.cache import ensure_prepared
 from dgbench.data.sampling import PatchDataset, standard_augmentation
 from dgbench.evaluate import autocast, evaluate_cases, mean_dice
@@ -84,6 +84,8 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.cfg.steps, eta_min=0.0)
         self.step, self.best_val, self.best_step = 0, -math.inf, -1
         self.losses: list[float] = []    # training losses since the last validation
+        self.loss_log: list[tuple[int, float]] = []   # (step, loss) of every step: train_loss.csv
+        self.convergence: dict | None = None          # set by fit(): dgbench.convergence verdict
         self.heartbeat: Heartbeat | None = None
         spatial, intensity = standard_augmentation(self.cfg.patch_size, self.cfg.aug_prob, self.adapter.sided)
         self.data = PatchDataset(self.prepared, self.train_ids, self.cfg.patch_size, spec.seed,
@@ -110,6 +112,8 @@ class Trainer:
         self.sched.load_state_dict(ck["sched"])
         self.step, self.best_val, self.best_step = ck["step"], ck["best_val"], ck["best_step"]
         self.losses = list(ck.get("losses", []))
+        # rows past the checkpoint came from a process killed after writing them
+        self.loss_log = [r for r in convergence.read_train_loss(self.rd.train_loss) if r[0] <= self.step]
 
     # training -----------------------------------------------------------------------------
     def validate(self) -> float:
@@ -137,6 +141,7 @@ class Trainer:
             losses.append(self.train_step(batch["image"], batch["label"]))
             self.sched.step()
             self.step += 1
+            self.loss_log.append((self.step, losses[-1]))
             bar.update()
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"loss is {losses[-1]} at step {self.step}; lower the learning rate "
@@ -153,11 +158,14 @@ class Trainer:
                 losses.clear()
                 t0 = time.time()
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self._write_train_loss()          # before last.pt: a resume may drop rows, never miss them
                 self.save(rd.last_ckpt)
                 rd.beat(self.step)
                 if self.heartbeat is not None:
                     self.heartbeat.step = self.step
         bar.close()
+        self.convergence = convergence.of_run(rd.path, cfg.steps)
+        rd.log(f"convergence: {convergence.describe(self.convergence)}")
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One optimiser step on a batch (the method's hooks included); returns the loss."""
@@ -174,6 +182,10 @@ class Trainer:
         loss.backward()
         self.opt.step()
         return loss.item()
+
+    def _write_train_loss(self) -> None:
+        lines = ["step,loss"] + [f"{step},{loss:.6g}" for step, loss in self.loss_log]
+        atomic_write_text(self.rd.train_loss, "\n".join(lines) + "\n")
 
     def _append_val(self, step: int, loss: float, val: float) -> None:
         rows = []
@@ -285,7 +297,8 @@ def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, de
         trainer.fit()
         write_metrics(rd, trainer.final_metrics())
         rd.mark_done({"wall_s": round(time.time() - t0, 2), "steps": trainer.step, "best_step": trainer.best_step,
-                      "best_val_dice": trainer.best_val, "device": str(trainer.device), **spec_extra})
+                      "best_val_dice": trainer.best_val, "device": str(trainer.device), **spec_extra,
+                      "convergence": trainer.convergence})
         rd.log("done")
         return "done"
     except (KeyboardInterrupt, SystemExit) as e:   # Ctrl-C, or submitit exiting after a requeue

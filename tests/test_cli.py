@@ -41,6 +41,26 @@ def test_bench_prints_table(tmp_path, capsys, synth_prepared):
     for col in ("mri", "ct-scanner2", "ct-thick", "erm"):
         assert col in out
     assert str(tmp_path.resolve() / "runs") in out
+    # a 4-step run hardly converges; whatever the verdict, table and warning agree
+    table = out.split("WARNING:")[0].split("run(s) in")[0]
+    assert ("†" in table) == ("did not converge and is marked † in the table" in out)
+
+
+def _bench_specs(*argv):
+    from dgbench.cli import bench_specs, build_parser
+    return bench_specs(build_parser().parse_args(["bench", *argv]))
+
+
+def test_bench_adds_the_versus_method():
+    specs = _bench_specs("--method", "maskgen", "--seeds", "0,1", "--steps", "7", "--hparam", "p=0.25")
+    assert [(s.method, s.seed) for s in specs] == [("maskgen", 0), ("maskgen", 1), ("erm", 0), ("erm", 1)]
+    erm = [s for s in specs if s.method == "erm"]
+    assert all(s.train.steps == 7 and s.dataset == "synth" for s in erm)
+    alone = _bench_specs("--method", "erm", "--seeds", "0,1", "--steps", "7")
+    assert [s.run_id for s in erm] == [s.run_id for s in alone]       # same runs: done ones are reused
+    assert {s.method for s in _bench_specs("--method", "maskgen", "--versus", "none")} == {"maskgen"}
+    assert len(_bench_specs("--method", "erm", "--seeds", "0")) == 1    # versus already listed
+    assert {s.method for s in _bench_specs("--method", "maskgen", "--versus", "gin", "--seeds", "0")} == {"maskgen", "gin"}
 
 
 def test_unknown_method_is_a_clear_error(capsys):

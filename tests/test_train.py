@@ -26,7 +26,7 @@ def test_run_writes_every_file_and_is_idempotent(tmp_path, synth_prepared):
     assert execute(spec, tmp_path, progress=False) == "done"
     rd = RunDir.for_run(tmp_path, spec.run_id)
     for f in (rd.spec_file, rd.log_file, rd.heartbeat_file, rd.last_ckpt, rd.best_ckpt, rd.val_history,
-              rd.metrics_file, rd.done_file):
+              rd.train_loss, rd.metrics_file, rd.done_file):
         assert f.exists(), f
     assert not rd.lock_file.exists() and rd.state() == "done"
     assert RunSpec.from_dict(json.loads(rd.spec_file.read_text())["spec"]).run_id == spec.run_id
@@ -41,6 +41,16 @@ def test_run_writes_every_file_and_is_idempotent(tmp_path, synth_prepared):
     assert len(list((rd.path / "predictions").glob("*.npz"))) == 3
     with open(rd.val_history) as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [3, 6]
+    with open(rd.train_loss) as f:
+        losses = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in losses] == [1, 2, 3, 4, 5, 6]
+    with open(rd.val_history) as f:                              # val_history's loss: the interval means
+        assert float(next(csv.DictReader(f))["loss"]) == pytest.approx(
+            sum(float(r["loss"]) for r in losses[:3]) / 3, rel=1e-4)
+    conv = json.loads(rd.done_file.read_text())["convergence"]
+    assert conv["source"] == "train_loss" and conv["steps"] == conv["total_steps"] == 6
+    assert isinstance(conv["converged"], bool) and conv["converged"] == (conv["reasons"] == [])
+    assert "convergence: " in rd.log_file.read_text()            # the one-line verdict in the log
     mtime = rd.metrics_file.stat().st_mtime_ns
     assert execute(spec, tmp_path, progress=False) == "done"     # skipped: nothing rewritten
     assert rd.metrics_file.stat().st_mtime_ns == mtime
@@ -103,6 +113,12 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, synth_prepared):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert rd.state() != "done" and rd.lock_file.exists()       # really killed mid-run
+    # as if killed between writing train_loss.csv and last.pt: rows past the checkpoint step
+    import torch
+    ck_step = torch.load(rd.last_ckpt, weights_only=False)["step"]
+    kept = [line for line in rd.train_loss.read_text().splitlines()[1:] if int(line.split(",")[0]) <= ck_step]
+    assert len(kept) == ck_step
+    rd.train_loss.write_text("\n".join(["step,loss", *kept] + [f"{ck_step + i},999" for i in (1, 2, 3)]) + "\n")
     assert execute(spec, killed, progress=False) == "done"       # breaks the dead holder's lock
     assert "resumed from step" in rd.log_file.read_text()
     clean = tmp_path / "clean"
@@ -110,7 +126,12 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, synth_prepared):
     a = read_metrics(rd)
     b = read_metrics(RunDir.for_run(clean, spec.run_id))
     assert [r["dice"] for r in a] == [r["dice"] for r in b]
-    assert (rd.val_history.read_text() == RunDir.for_run(clean, spec.run_id).val_history.read_text())
+    rd_clean = RunDir.for_run(clean, spec.run_id)
+    assert rd.val_history.read_text() == rd_clean.val_history.read_text()
+    assert rd.train_loss.read_text() == rd_clean.train_loss.read_text()
+    assert len(rd.train_loss.read_text().splitlines()) == 41            # header + one row per step
+    done, done_clean = (json.loads(r.done_file.read_text())["convergence"] for r in (rd, rd_clean))
+    assert done == done_clean
 
 
 def test_numbers_from_the_command_line_are_numbers():

@@ -10,6 +10,11 @@ selection and split, so every table value can be checked by hand:
 - gin / prostate / seed 1 has no folder -> missing; erm / amos / seed 1 failed (failed.json);
 - few-shot (fewshot-2) on amos: maskgen and erm seed 0 done, gin seed 0 incomplete (stale
   heartbeat), everything else missing.
+- convergence (10 steps, validations at steps 5 and 10): done runs have a converged
+  train_loss.csv and val_history.csv, except amos / gin / seed 1, whose loss and source-val Dice
+  are still improving (not converged: marked † in the tables); amos / erm / fewshot-2 has only
+  val_history.csv (a run folder from before train_loss.csv: judged from interval means) and
+  amos / maskgen / fewshot-2 has neither (convergence unknown: marked †).
 
 Usage: python tests/golden/make_tree.py
 """
@@ -30,6 +35,8 @@ CLASSES = {"amos": [(1, "liver"), (2, "kidney"), (3, "duodenum")], "prostate": [
 CASES = {"amos": {"val": [("CT", "ct1"), ("CT", "ct2")], "test": [("MRI", "mri1"), ("MRI", "mri2"), ("MRI", "mri3")]},
          "prostate": {"val": [("RUNMC", "r1"), ("I2CVB", "i1")],
                       "test": [("BIDMC", "b1"), ("BIDMC", "b2"), ("BMC", "m1"), ("BMC", "m2")]}}
+CONVERGED = ([1.5, 1.2, 0.9, 0.7, 0.6, 0.55, 0.52, 0.5, 0.5, 0.5], (0.60, 0.61))
+STILL_LEARNING = ([1.5, 1.3, 1.1, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], (0.50, 0.60))
 VAL_BONUS = {"amos": 0.1, "prostate": 0.05}      # source-val scores above target ones, Dice <= 1
 CASE_OFF = {0: 0.05, 1: 0.0, 2: -0.05, 3: 0.02}
 CLASS_OFF = {1: 0.02, 2: -0.02, 3: 0.0}
@@ -45,7 +52,15 @@ def run_id(ds, meth, setting, seed):
     return f"{ds}_{meth}_{setting}_s{seed}_{h}"
 
 
-def write_run(ds, meth, setting, seed, state="done", seed_off=None, extra=0.0):
+def write_history(d, losses, val_dice, per_step=True):
+    """train_loss.csv (one loss per step) and val_history.csv (validations at steps 5 and 10)."""
+    if per_step:
+        (d / "train_loss.csv").write_text("step,loss\n" + "".join(f"{i + 1},{v}\n" for i, v in enumerate(losses)))
+    rows = [(5, sum(losses[:5]) / 5, val_dice[0]), (10, sum(losses[5:]) / 5, val_dice[1])]
+    (d / "val_history.csv").write_text("step,loss,val_dice\n" + "".join(f"{s},{l:.6f},{v:.6f}\n" for s, l, v in rows))
+
+
+def write_run(ds, meth, setting, seed, state="done", seed_off=None, extra=0.0, history="converged"):
     rid = run_id(ds, meth, setting, seed)
     d = ROOT / "runs" / rid
     d.mkdir(parents=True)
@@ -75,6 +90,12 @@ def write_run(ds, meth, setting, seed, state="done", seed_off=None, extra=0.0):
         w.writerow(COLUMNS)
         w.writerows(rows)
     (d / "done.json").write_text(json.dumps({"finished": "2025-01-01T00:00:00", "steps": 10}) + "\n")
+    if history == "converged":
+        write_history(d, *CONVERGED)
+    elif history == "still-learning":
+        write_history(d, *STILL_LEARNING)
+    elif history == "val_history only":
+        write_history(d, *CONVERGED, per_step=False)
     return rid
 
 
@@ -88,9 +109,10 @@ def main():
                 if (ds, meth, seed) == ("amos", "erm", 1):
                     write_run(ds, meth, "full", seed, state="failed")
                     continue
-                write_run(ds, meth, "full", seed, seed_off=0.0 if (ds, meth) == ("prostate", "gin") else None)
-    write_run("amos", "maskgen", "fewshot-2", 0, extra=-0.2)
-    write_run("amos", "erm", "fewshot-2", 0, extra=-0.25)
+                write_run(ds, meth, "full", seed, seed_off=0.0 if (ds, meth) == ("prostate", "gin") else None,
+                          history="still-learning" if (ds, meth, seed) == ("amos", "gin", 1) else "converged")
+    write_run("amos", "maskgen", "fewshot-2", 0, extra=-0.2, history=None)
+    write_run("amos", "erm", "fewshot-2", 0, extra=-0.25, history="val_history only")
     write_run("amos", "gin", "fewshot-2", 0, state="stale")
 
 

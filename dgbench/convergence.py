@@ -1,0 +1,175 @@
+"""Did a run train long enough? A verdict from its run-folder files alone.
+
+``verdict(train_loss, val_history, total_steps)`` is a pure function of the per-step training
+losses (``train_loss.csv``) and the source-validation history (``val_history.csv``). A run is
+*converged* when all four rules hold (the numbers are the module constants below):
+
+left_start       the mean training loss over the last 10% of steps (LAST_FRAC) is at most 0.8 x
+                 (LEFT_START_RATIO) the mean over the first 5% of steps (FIRST_FRAC).
+                 Else: "never left its starting loss (L0 -> L1)".
+loss_plateaued   a least-squares line through the per-step losses of the last 20% of steps
+                 (TAIL_FRAC); the drop it predicts across that window (slope x (window - 1)
+                 steps), divided by the window's mean loss, is < 5% (MAX_TAIL_DROP), or is
+                 smaller than 2 (TAIL_DROP_Z) standard errors of that drop (from the line's
+                 residuals): per-step losses of small batches are noisy (on `synth` at 450
+                 steps one s.e. is ~15%), and noise must not read as "still falling".
+                 Else: "training loss still falling (x% over the last 20% of steps)".
+val_plateaued    the source-val Dice did not still rise by >= 0.02 (MAX_VAL_GAIN) over the last
+                 20% of steps: the window is the validations at step >= 80% of the total steps
+                 (always including the last one); gain = last minus first in the window when it
+                 has >= 2 points, else the last validation minus the one before it (no earlier
+                 validation: no gain). Else: "source-val Dice still rising (+x over the last 20%)".
+learned          the best source-val Dice of the run is >= 0.05 (MIN_BEST_DICE).
+                 Else: "predicts (almost) only background: best source-val Dice x".
+
+Windows over steps hold ceil(fraction x n) steps, at least 1 (at least 2 for the line), where
+n is the number of per-step losses. Dice is on the 0..1 scale here.
+
+Sources (``of_run``, the field "source"):
+- "train_loss": ``train_loss.csv`` holds one loss per step, 1..total steps (dgbench.train
+  writes it at every checkpoint).
+- "val_history": fallback for run folders made before train_loss.csv existed (or resumed from
+  such a run, so their train_loss.csv starts late). ``val_history.csv`` has only the mean loss
+  since the previous validation; each interval's mean stands for every step of the interval and
+  the same rules are applied. The first 5% of steps then read as the first interval's mean,
+  lower than the true starting loss, so left_start is judged more strictly, and the tail line
+  is fitted to a staircase.
+- "none": neither file. ``converged`` is None (unknown) and the reason says so; readers treat
+  it like a run that did not converge, never like one that did.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+FIRST_FRAC = 0.05          # "starting loss": mean over the first 5% of steps
+LAST_FRAC = 0.10           # "final loss": mean over the last 10% of steps
+LEFT_START_RATIO = 0.8     # final <= 0.8 x starting loss
+TAIL_FRAC = 0.20           # the last 20% of steps (loss line; validations at step >= 80%)
+MAX_TAIL_DROP = 0.05       # relative drop predicted by the tail line must stay below 5% ...
+TAIL_DROP_Z = 2.0          # ... or within 2 standard errors of the line's slope (noise)
+MAX_VAL_GAIN = 0.02        # source-val Dice may rise by less than 0.02 over the tail
+MIN_BEST_DICE = 0.05       # below this best source-val Dice the model predicts ~background only
+
+UNKNOWN_REASON = "convergence unknown: no train_loss.csv or val_history.csv in the run folder"
+
+
+def _window(n: int, frac: float, least: int = 1) -> int:
+    return min(n, max(least, math.ceil(frac * n)))
+
+
+def _round(x: float) -> float | None:
+    return round(float(x), 6) if math.isfinite(x) else None
+
+
+def verdict(train_loss: Sequence[float], val_history: Sequence[tuple[int, float]], total_steps: int) -> dict:
+    """The convergence verdict (rules in the module docstring).
+
+    ``train_loss``: the loss of every step, in order (step 1 first); ``val_history``:
+    (step, source-val mean Dice) per validation; ``total_steps``: the run's planned steps.
+    Returns the four rule flags, ``converged`` (all four), ``reasons`` (one string per failed
+    rule) and the numbers behind them: initial_loss, final_loss, loss_tail_drop (relative),
+    val_tail_gain, best_val_dice (None where undefined)."""
+    loss = np.asarray(list(train_loss), dtype=float)
+    val = sorted((int(s), float(d)) for s, d in val_history)
+    if loss.size == 0 or not val:
+        raise ValueError("a verdict needs at least one training loss and one validation")
+    n = loss.size
+    first = float(loss[:_window(n, FIRST_FRAC)].mean())
+    last = float(loss[-_window(n, LAST_FRAC):].mean())
+    left_start = last <= LEFT_START_RATIO * first
+
+    tail = loss[-_window(n, TAIL_FRAC, least=2):]
+    t = np.arange(tail.size, dtype=float)
+    slope, se = 0.0, 0.0
+    if tail.size >= 2:
+        slope, icpt = (float(v) for v in np.polyfit(t, tail, 1))
+        if tail.size >= 3:
+            resid = tail - (slope * t + icpt)
+            se = math.sqrt(float(resid @ resid) / (tail.size - 2) / float(((t - t.mean()) ** 2).sum()))
+    drop, level = -slope * (tail.size - 1), abs(float(tail.mean()))
+    rel_drop = drop / level if level > 0 else (0.0 if drop <= 0 else math.inf)
+    rel_se = se * (tail.size - 1) / level if level > 0 else 0.0
+    # falling = a drop both large (>= 5%) and distinguishable from the per-step noise (>= 2 s.e.)
+    loss_plateaued = not (rel_drop >= MAX_TAIL_DROP and rel_drop >= TAIL_DROP_Z * rel_se)
+
+    window = [d for s, d in val if s >= (1 - TAIL_FRAC) * total_steps] or [val[-1][1]]   # the last: always
+    if len(window) >= 2:
+        gain = window[-1] - window[0]
+    elif len(val) >= 2:
+        gain = val[-1][1] - val[-2][1]
+    else:
+        gain = math.nan
+    val_plateaued = not gain >= MAX_VAL_GAIN
+    best = max(d for _, d in val)
+    learned = best >= MIN_BEST_DICE
+
+    reasons = []
+    if not left_start:
+        reasons.append(f"never left its starting loss ({first:.2f} -> {last:.2f})")
+    if not loss_plateaued:
+        reasons.append(f"training loss still falling ({100 * rel_drop:.1f}% over the last 20% of steps)")
+    if not val_plateaued:
+        reasons.append(f"source-val Dice still rising ({gain:+.3f} over the last 20%)")
+    if not learned:
+        reasons.append(f"predicts (almost) only background: best source-val Dice {best:.3f}")
+    return {"converged": not reasons, "left_start": left_start, "loss_plateaued": loss_plateaued,
+            "val_plateaued": val_plateaued, "learned": learned, "reasons": reasons,
+            "initial_loss": _round(first), "final_loss": _round(last), "loss_tail_drop": _round(rel_drop),
+            "loss_tail_drop_se": _round(rel_se),
+            "val_tail_gain": _round(gain), "best_val_dice": _round(best), "steps": int(n),
+            "total_steps": int(total_steps)}
+
+
+# ------------------------------------------------------------------------------------------
+# from the run folder
+# ------------------------------------------------------------------------------------------
+def read_train_loss(path: Path) -> list[tuple[int, float]]:
+    """(step, loss) rows of a train_loss.csv; [] when there is none."""
+    try:
+        with open(path, newline="") as f:
+            return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+
+
+def read_val_history(path: Path) -> list[tuple[int, float, float]]:
+    """(step, interval-mean loss, source-val Dice) rows of a val_history.csv; [] when there is none."""
+    try:
+        with open(path, newline="") as f:
+            return [(int(r["step"]), float(r["loss"]), float(r["val_dice"])) for r in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+
+
+def of_run(path: Path, total_steps: int | None = None) -> dict:
+    """The verdict for the run folder ``path`` (see "Sources" in the module docstring), with
+    "source" added. ``total_steps``: the run's planned steps (default: the last step recorded)."""
+    from dgbench.rundir import RunDir
+    rd = RunDir(Path(path))
+    losses, hist = read_train_loss(rd.train_loss), read_val_history(rd.val_history)
+    if not hist:
+        return {"converged": None, "reasons": [UNKNOWN_REASON], "source": "none"}
+    total = int(total_steps or max(losses[-1][0] if losses else 0, hist[-1][0]))
+    val = [(s, d) for s, _, d in hist]
+    if losses and [s for s, _ in losses] == list(range(1, total + 1)):
+        return {**verdict([v for _, v in losses], val, total), "source": "train_loss"}
+    per_step, prev = [], 0
+    for step, loss, _ in hist:                      # each interval's mean stands for its steps
+        per_step += [loss] * max(0, step - prev)
+        prev = max(prev, step)
+    return {**verdict(per_step, val, total), "source": "val_history"}
+
+
+def describe(v: dict) -> str:
+    """One line for a log: 'converged (...)' or 'NOT converged: reason; reason'."""
+    if v.get("converged") is None:
+        return "; ".join(v.get("reasons", [])) or "convergence unknown"
+    if v["converged"]:
+        return (f"converged (loss {v['initial_loss']:.3f} -> {v['final_loss']:.3f}, "
+                f"best source-val Dice {v['best_val_dice']:.3f}; from {v.get('source', '?')})")
+    return f"NOT converged ({v.get('source', '?')}): " + "; ".join(v["reasons"])
