@@ -89,3 +89,26 @@ def test_strip_wrappers():
         == sd.keys()
     assert strip_wrappers({"module.model.0.weight": torch.zeros(1)}).keys() == sd.keys()
     assert strip_wrappers(sd).keys() == sd.keys()
+
+
+def test_pretrain_layers_follow_the_anatomix_choice_at_any_depth():
+    assert Unet(num_downs=4, ngf=4).pretrain_layers() == ANATOMIX_PRETRAIN_LAYERS
+    net = Unet(num_downs=3, ngf=4)
+    layers = net.pretrain_layers()
+    convs = [i for i, m in enumerate(net.model) if isinstance(m, torch.nn.Conv3d)]
+    assert set(layers) <= set(convs) and layers[-1] == convs[-1] and len(layers) == 5
+    _, feats = net(torch.rand(1, 1, 16, 16, 16), layers=layers)
+    assert [f.shape[-1] for f in feats] == [4, 2, 4, 8, 16]   # last encoder, bottleneck, decoder
+
+
+def test_instance_norm_variant_is_recognised_from_its_weights():
+    from dgbench.models.extractors import unet_from_state
+    net = Unet(num_downs=3, ngf=4, norm="instance")
+    state = net.state_dict()
+    assert not any("running" in k or "num_batches" in k for k in state)
+    assert isinstance(net.model[1], torch.nn.InstanceNorm3d) and net.model[1].affine
+    back = unet_from_state(state, norm_eps=1e-3)
+    assert (back.norm, back.num_downs, back.ngf, back.norm_eps) == ("instance", 3, 4, 1e-3)
+    assert unet_from_state(Unet(num_downs=4, ngf=4).state_dict()).norm == "batch"
+    with pytest.raises(ValueError, match="norm must be"):
+        Unet(norm="group")

@@ -164,7 +164,7 @@ def test_frozen_wrapper_stays_eval_and_out_of_checkpoints():
 
 
 def test_bundled_extractor_provenance():
-    pt, meta = ex.bundled_weights()
+    pt, meta = ex.bundled_weights("synthanat-tiny")
     assert pt.stat().st_size < 2.2e6
     assert meta["git_blob_sha1"] == ex.git_blob_sha1(pt)
     assert meta["command"].startswith("dgbench pretrain-features") and meta["steps"] > 0
@@ -175,7 +175,7 @@ def test_bundled_extractor_provenance():
 
 
 def test_bundled_weights_corruption_detected(tmp_path):
-    pt, meta = ex.bundled_weights()
+    pt, meta = ex.bundled_weights("synthanat-tiny")
     bad = tmp_path / "x.pt"
     bad.write_bytes(pt.read_bytes()[:-10] + b"0123456789")
     (tmp_path / "x.json").write_text(json.dumps(meta))

@@ -3,8 +3,9 @@
 Why a re-implementation: the published `anatomix.pth` is a bare state_dict whose keys are
 indices into one `nn.Sequential` called `model` (`model.<index>.<name>`). Loading it strictly
 needs exactly the same module order, including the stateless ReLU / MaxPool / Upsample
-modules that create the gaps in the indices. The layout follows the reference notes
-(docs: /work/shared/reference/anatomix.md section 2; upstream: neel-dey/anatomix,
+modules that create the gaps in the indices. The layout follows the anatomix paper and code
+(Dey et al., "Learning General-Purpose Biomedical Volume Representations using
+Randomized Synthesis", ICLR 2025; upstream code: neel-dey/anatomix,
 `anatomix/model/network.py`, MIT licence, "Copyright 2024 Neel Dey").
 
 Layout for `num_downs = L`, widths w_0 = ngf, w_i = ngf * 2**(i-1) for i >= 1:
@@ -24,9 +25,11 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-# Layers whose outputs feed the contrastive loss in anatomix pretraining (anatomix.md §4.4):
-# conv outputs before BN, plus the final output.
+# Layers whose outputs feed the contrastive loss in anatomix pretraining (Dey et al. 2025):
+# conv outputs before BN, plus the final output. `Unet.pretrain_layers()` derives the same
+# choice for any depth.
 ANATOMIX_PRETRAIN_LAYERS = (27, 31, 38, 45, 52, 65)
+NORMS = ("batch", "instance")
 
 
 def _conv(cin: int, cout: int, bias: bool) -> nn.Conv3d:
@@ -37,6 +40,11 @@ def _conv(cin: int, cout: int, bias: bool) -> nn.Conv3d:
 class Unet(nn.Module):
     """anatomix-compatible 3D U-Net (BatchNorm, ReLU, max pooling, nearest upsampling).
 
+    `norm="instance"` swaps every BatchNorm3d for an affine InstanceNorm3d (no running
+    statistics), as the anatomix-dev models do: the output then depends on the input volume
+    alone, never on statistics gathered at another canvas size. Its state_dict has the same
+    keys minus the running statistics, so the norm is recognisable from the weights.
+
     `forward(x)` returns the final output. `forward(x, layers=[...])` also returns the
     activations after the listed module indices, as `(output, [feats...])`; with
     `encode_only=True` it stops after the last listed layer and returns only the list.
@@ -44,10 +52,13 @@ class Unet(nn.Module):
     """
 
     def __init__(self, input_nc: int = 1, output_nc: int = 16, num_downs: int = 4,
-                 ngf: int = 16, norm_eps: float = 1e-5):
+                 ngf: int = 16, norm_eps: float = 1e-5, norm: str = "batch"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.input_nc, self.output_nc = input_nc, output_nc
         self.num_downs, self.ngf = num_downs, ngf
+        self.norm, self.norm_eps = norm, norm_eps
         relu = nn.ReLU(inplace=True)  # one shared object, as upstream; owns no state
         mods: list[nn.Module] = []
         self.encoder_idx: list[int] = []   # after these indices, push a skip
@@ -56,7 +67,9 @@ class Unet(nn.Module):
         self.channels: list[int] = []      # width of the tensor after each module index
 
         def block(cin: int, cout: int) -> None:
-            mods.extend([_conv(cin, cout, bias=False), nn.BatchNorm3d(cout, eps=norm_eps), relu])
+            nrm = (nn.BatchNorm3d(cout, eps=norm_eps) if norm == "batch"
+                   else nn.InstanceNorm3d(cout, eps=norm_eps, affine=True))
+            mods.extend([_conv(cin, cout, bias=False), nrm, relu])
             self.channels.extend([cout] * 3)
 
         block(input_nc, ngf)
@@ -128,6 +141,16 @@ class Unet(nn.Module):
             return x, feats
         return x
 
+    def pretrain_layers(self) -> tuple[int, ...]:
+        """anatomix's contrastive layers for this depth: the last encoder level's second conv,
+        the bottleneck's first conv, the first conv of every decoder level but the full-resolution
+        one, and the final conv (27, 31, 38, 45, 52, 65 for num_downs=4)."""
+        convs = [i for i, m in enumerate(self.model) if isinstance(m, nn.Conv3d)]
+        enc_last = convs[2 * self.num_downs]          # stem, then two per encoder level
+        bottleneck = convs[2 * self.num_downs + 1]
+        dec_first = [d + 1 for d in self.decoder_idx[:-1]]
+        return (enc_last, bottleneck, *dec_first, convs[-1])
+
     def layer_channels(self, layers: Iterable[int]) -> list[int]:
         """Channel count of the activation recorded at each index (sizes projection heads)."""
         return [self.channels[i] for i in layers]
@@ -140,13 +163,13 @@ def anatomix_unet(ngf: int = 16, num_downs: int = 4, input_nc: int = 1,
 
 
 def kaiming_init(net: nn.Module) -> nn.Module:
-    """Kaiming-normal conv weights, unit/zero BN affine: the init used for pretraining (§4.4)."""
+    """Kaiming-normal conv weights, unit/zero norm affine: the init used for pretraining (§4.4)."""
     for m in net.modules():
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm3d):
+        elif isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d)) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     return net
@@ -155,7 +178,7 @@ def kaiming_init(net: nn.Module) -> nn.Module:
 def strip_wrappers(state: dict) -> dict:
     """Accept checkpoints that wrap the state_dict or carry compile/DataParallel prefixes.
 
-    The published file is a bare state_dict (anatomix.md §1); the HF loader strips
+    The published file is a bare state_dict (as published); the HF loader strips
     `_orig_mod.` (torch.compile); training checkpoints often nest under a key.
     """
     for key in ("state_dict", "model_state_dict", "net_G", "model", "net"):

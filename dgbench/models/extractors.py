@@ -3,17 +3,18 @@
 Registered names (see `build_extractor`):
   anatomix               the published anatomix weights (Dey et al., ICLR 2025, MIT licence);
                          the file is verified by its git blob SHA-1 before use.
-  synthanat-tiny         dgbench's own small extractor of the same architecture family
-                         (Unet num_downs=4, ngf=6), pretrained with `dgbench pretrain-features`
-                         on procedural label maps and shipped inside the package. The name says
-                         what it is - synthetic-anatomy pretraining, tiny - and keeps it from
-                         being mistaken for the published anatomix weights. It exists so that
-                         MaskGen runs offline, in tests and on CPU without a 23 MB download.
-                         Trained on 32^3 canvases only: its features are contrast-stable on
-                         32^3 patches (the synthetic benchmark's size) and degrade on 48-64^3
-                         (benchmarks/feature_stability.py). Use `anatomix` for real datasets.
-  anatomix-random        the anatomix architecture with fixed-seed random (Kaiming) weights:
-  synthanat-tiny-random  an explicit "untrained features" control, never a silent fallback.
+  synthanat-v2           dgbench's own small extractor of the same architecture family
+                         (U-Net with 3 levels, width 8, affine instance norm), pretrained with
+                         `dgbench pretrain-features` on procedural label maps at 32-64^3 and
+                         shipped inside the package. The name says what it is - synthetic-anatomy
+                         pretraining - and keeps it from being mistaken for the published anatomix
+                         weights. It exists so that MaskGen runs offline, in tests and on a CPU.
+                         Its stability gate: benchmarks/feature_stability.py.
+  synthanat-tiny         the first bundled extractor (BatchNorm, 4 levels, width 6, 32^3 only),
+                         kept for comparison: its features collapse at 48^3 and above.
+  anatomix-random        an architecture with fixed-seed random (Kaiming) weights:
+  synthanat-v2-random    explicit "untrained features" controls, never a silent fallback.
+  synthanat-tiny-random
 
 Every extractor is wrapped in `FrozenExtractor`: eval mode for every forward pass (the
 reference code's `.train()` bug, methods.md §2.6), no gradients, and it keeps its weights out
@@ -36,11 +37,14 @@ from dgbench.registry import EXTRACTORS, register_extractor
 
 ANATOMIX_URL = ("https://raw.githubusercontent.com/neel-dey/anatomix/main/"
                 "model-weights/anatomix.pth")
-ANATOMIX_SHA1 = "d13b2f335850a0a3a9042dcaf9a7181631098b80"  # git blob SHA-1 (anatomix.md §1)
+ANATOMIX_SHA1 = "d13b2f335850a0a3a9042dcaf9a7181631098b80"  # git blob SHA-1 of the published file
 ANATOMIX_ENV = "DGBENCH_ANATOMIX_WEIGHTS"
 DOWNLOAD_TIMEOUT_S = 30
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-BUNDLED = "synthanat-tiny"
+BUNDLED = "synthanat-v2"          # MaskGen's default extractor
+# bundled extractors and the architecture their files must have (their random controls use it)
+BUNDLED_ARCH = {"synthanat-v2": {"ngf": 8, "num_downs": 3, "norm": "instance", "norm_eps": 1e-5},
+                "synthanat-tiny": {"ngf": 6, "num_downs": 4, "norm": "batch", "norm_eps": 1e-5}}
 
 
 class ExtractorWeightsError(RuntimeError):
@@ -158,16 +162,19 @@ def load_state(path: str | Path) -> dict:
     return strip_wrappers(state)
 
 
-def unet_from_state(state: dict, output_nc: int | None = None) -> Unet:
-    """Rebuild the architecture from the shapes in a state_dict (ngf, depth, channels)."""
+def unet_from_state(state: dict, output_nc: int | None = None, norm_eps: float = 1e-5) -> Unet:
+    """Rebuild the architecture from the shapes in a state_dict (ngf, depth, channels, norm:
+    BatchNorm layers carry running statistics, affine InstanceNorm layers do not). The norm's
+    eps is not in the weights: it comes from the caller (the sidecar JSON for our own files)."""
     if not any(k.startswith("model.") for k in state):
         raise ExtractorWeightsError("not an anatomix-family state_dict (no 'model.<i>.' keys)")
     convs = sorted((k for k in state if k.endswith(".weight") and state[k].dim() == 5),
                    key=lambda k: int(k.split(".")[1]))
     first, last = state[convs[0]], state[convs[-1]]
     num_downs = (len(convs) - 4) // 4
+    norm = "batch" if any(k.endswith("running_mean") for k in state) else "instance"
     net = Unet(input_nc=first.shape[1], output_nc=output_nc or last.shape[0],
-               num_downs=num_downs, ngf=first.shape[0])
+               num_downs=num_downs, ngf=first.shape[0], norm=norm, norm_eps=norm_eps)
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v
                              for k, v in state.items()}, strict=True)
@@ -244,51 +251,59 @@ def bundled_weights(name: str = BUNDLED) -> tuple[Path, dict]:
     pt, meta = WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.json"
     if not pt.is_file() or not meta.is_file():
         raise ExtractorWeightsError(f"bundled weights {pt} (and {meta.name}) are missing from "
-                                    "the package; reinstall dgbench or run "
-                                    f"`dgbench pretrain-features --name {name} --out {WEIGHTS_DIR}`")
+                                    "the package; reinstall dgbench or re-create them with the "
+                                    f"command in {WEIGHTS_DIR / (name + '.log')}")
     return pt, json.loads(meta.read_text())
 
 
-@register_extractor(BUNDLED)
-def _synthanat_tiny(weights: str | Path | None = None, verify: bool = True) -> FrozenExtractor:
-    """Bundled weights by default; `weights` may name any `pretrain-features` output, whose
-    JSON sidecar (same stem) supplies the checksum."""
-    if weights is None:
-        path, meta = bundled_weights()
-    else:
-        path = Path(weights)
-        side = path.with_suffix(".json")
-        if not path.is_file():
-            raise ExtractorWeightsError(f"weights file not found: {path}")
-        meta = json.loads(side.read_text()) if side.is_file() else {}
-    expected = meta.get("git_blob_sha1")
-    if expected:
-        sha, ok = _check_sha(path, expected, verify,
-                             f"Re-create it with: {meta.get('command', 'dgbench pretrain-features')}")
-    else:
-        sha, ok = git_blob_sha1(path), False
-    net = unet_from_state(load_state(path))
-    return FrozenExtractor(net, BUNDLED if weights is None else f"{BUNDLED}:{path.stem}", sha,
-                           str(path), ok, trained_size=meta.get("size"))
+def _bundled(name: str):
+    """Factory for a bundled extractor: its own weights by default; `weights` may name any
+    `pretrain-features` output, whose JSON sidecar (same stem) supplies checksum and norm eps."""
+    def factory(weights: str | Path | None = None, verify: bool = True) -> FrozenExtractor:
+        if weights is None:
+            path, meta = bundled_weights(name)
+        else:
+            path = Path(weights)
+            side = path.with_suffix(".json")
+            if not path.is_file():
+                raise ExtractorWeightsError(f"weights file not found: {path}")
+            meta = json.loads(side.read_text()) if side.is_file() else {}
+        expected = meta.get("git_blob_sha1")
+        if expected:
+            sha, ok = _check_sha(path, expected, verify,
+                                 f"Re-create it with: {meta.get('command', 'dgbench pretrain-features')}")
+        else:
+            sha, ok = git_blob_sha1(path), False
+        eps = meta.get("architecture", {}).get("norm_eps", 1e-5)
+        net = unet_from_state(load_state(path), norm_eps=eps)
+        arch = BUNDLED_ARCH[name]
+        if weights is None and (net.ngf, net.num_downs, net.norm) != (arch["ngf"], arch["num_downs"], arch["norm"]):
+            raise ExtractorWeightsError(f"{path} is not the {name} architecture {arch}")
+        sizes = meta.get("sizes") or ([meta["size"]] if "size" in meta else None)
+        return FrozenExtractor(net, name if weights is None else f"{name}:{path.stem}", sha,
+                               str(path), ok, trained_size=max(sizes) if sizes else None)
+    return factory
 
 
-def random_extractor(ngf: int, seed: int = 0, name: str | None = None) -> FrozenExtractor:
+def random_extractor(ngf: int, seed: int = 0, name: str | None = None, num_downs: int = 4,
+                     norm: str = "batch", norm_eps: float = 1e-5) -> FrozenExtractor:
     """Kaiming-initialised network of the family (the starting point of pretraining)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = kaiming_init(Unet(input_nc=1, output_nc=16, num_downs=4, ngf=ngf))
+        net = kaiming_init(Unet(input_nc=1, output_nc=16, num_downs=num_downs, ngf=ngf,
+                                norm=norm, norm_eps=norm_eps))
     return FrozenExtractor(net, name or f"random-ngf{ngf}-seed{seed}", None, None, True)
 
 
-@register_extractor("anatomix-random")
-def _anatomix_random(weights=None, verify: bool = True) -> FrozenExtractor:
-    if weights is not None:
-        raise ValueError("anatomix-random takes no weights file")
-    return random_extractor(16, 0, "anatomix-random")
+def _random(name: str, **arch):
+    def factory(weights=None, verify: bool = True) -> FrozenExtractor:
+        if weights is not None:
+            raise ValueError(f"{name} takes no weights file")
+        return random_extractor(seed=0, name=name, **arch)
+    return factory
 
 
-@register_extractor(f"{BUNDLED}-random")
-def _tiny_random(weights=None, verify: bool = True) -> FrozenExtractor:
-    if weights is not None:
-        raise ValueError(f"{BUNDLED}-random takes no weights file")
-    return random_extractor(6, 0, f"{BUNDLED}-random")
+register_extractor("anatomix-random")(_random("anatomix-random", ngf=16))
+for _name, _arch in BUNDLED_ARCH.items():
+    register_extractor(_name)(_bundled(_name))
+    register_extractor(f"{_name}-random")(_random(f"{_name}-random", **_arch))
