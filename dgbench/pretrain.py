@@ -19,7 +19,7 @@ Departures from anatomix, each measured or argued (README "Feature extractors"):
 - affine InstanceNorm instead of BatchNorm (`--norm`): eval-mode BatchNorm statistics
   gathered at one canvas size do not hold at another;
 - several canvas sizes per run (`--sizes`, one drawn per step with P ~ 1/side^3, so each
-  size gets an equal share of compute), a 3-level U-Net of width 8 (CPU-sized);
+  size gets an equal share of compute), a width-8 U-Net (CPU-sized);
 - deep layers are supervised only at label-pure cells of their grid (`coarse_labels`);
 - no shared flip/affine of the two views: our label maps are drawn fresh every step with
   uniformly random rotations and reflections, so a shared flip or rotation only yields
@@ -275,10 +275,10 @@ def multilayer_supcon(feats: list[torch.Tensor], lab: torch.Tensor, heads: nn.Mo
 @dataclass
 class PretrainConfig:
     """The recipe. Defaults are the bundled extractor's (see README "Feature extractors")."""
-    steps: int = 20000
+    steps: int = 6000
     sizes: tuple = (32, 48, 64)     # canvas sides; one is drawn per step (see `size_probs`)
     ngf: int = 8
-    num_downs: int = 3
+    num_downs: int = 4
     norm: str = "instance"
     norm_eps: float = 1e-5
     pairs: int = 1                  # label maps (two views each) per step

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from dgbench.evaluate import autocast
 from dgbench.method import Method
+from dgbench.models.extractors import BUNDLED
 from dgbench.registry import register_method
 
 
@@ -22,7 +23,7 @@ class MaskGen(Method):
     defaults = {
         "p": 0.75,                    # probability of zeroing a channel (per sample, per channel)
         "rescale": True,              # multiply kept channels by 1/(1-p)
-        "extractor": "synthanat-tiny",
+        "extractor": BUNDLED,         # the bundled synthanat-v2 (README "Feature extractors")
         "extractor_weights": None,    # path override for the extractor's weight file
         "mask_on": "all",             # which channels may be masked: all | features | intensity
         "intensity": "keep",          # keep | zero (zero = the invariant, features-only predictor)

@@ -189,3 +189,25 @@ def test_random_extractors_are_explicit_and_deterministic():
     assert torch.equal(a.net.model[0].weight, b.net.model[0].weight)
     with pytest.raises(ValueError):
         ex.build_extractor("anatomix-random", weights="x.pt")
+
+
+def test_bundled_v2_is_the_default_with_its_provenance():
+    from dgbench.registry import METHODS, load_plugins
+    load_plugins()
+    assert METHODS.get("maskgen").defaults["extractor"] == ex.BUNDLED == "synthanat-v2"
+    pt, meta = ex.bundled_weights("synthanat-v2")
+    assert pt.stat().st_size < 10e6 and meta["dtype"] == "float32"
+    assert meta["git_blob_sha1"] == ex.git_blob_sha1(pt)
+    assert meta["command"].startswith("dgbench pretrain-features --name synthanat-v2")
+    assert meta["steps"] == meta["config"]["steps"] and meta["sizes"] == [32, 48, 64]
+    log = (pt.parent / "synthanat-v2.log").read_text()
+    assert meta["command"] in log and f"step {meta['steps']}/{meta['steps']} loss" in log
+    state = torch.load(pt, weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values())
+    e = ex.build_extractor("synthanat-v2")
+    assert (e.net.ngf, e.net.num_downs, e.net.norm) == (8, 4, "instance") == \
+        (meta["architecture"]["ngf"], meta["architecture"]["num_downs"], meta["architecture"]["norm"])
+    assert e.weights_verified and e.trained_size == 64
+    r = ex.build_extractor("synthanat-v2-random")
+    assert r.weights_sha1 is None and r.net.norm == "instance"
+    assert not torch.equal(r.net.model[0].weight, e.net.model[0].weight)

@@ -103,7 +103,7 @@ def test_cli_help_resume_and_weights(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "--stop-after" in out and "--sizes" in out
     args = ["pretrain-features", "--name", "t", "--out", str(tmp_path), "--steps", "3",
-            "--sizes", "16,32", "--ngf", "4", "--log-every", "1", "--ckpt-every", "1"]
+            "--sizes", "16,32", "--ngf", "4", "--num-downs", "3", "--log-every", "1", "--ckpt-every", "1"]
     assert pt.main(args + ["--stop-after", "2"]) == 0
     assert (tmp_path / "t.ckpt").exists() and not (tmp_path / "t.pt").exists()
     assert pt.main(args) == 0

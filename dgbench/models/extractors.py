@@ -4,7 +4,7 @@ Registered names (see `build_extractor`):
   anatomix               the published anatomix weights (Dey et al., ICLR 2025, MIT licence);
                          the file is verified by its git blob SHA-1 before use.
   synthanat-v2           dgbench's own small extractor of the same architecture family
-                         (U-Net with 3 levels, width 8, affine instance norm), pretrained with
+                         (U-Net with 4 levels, width 8, affine instance norm), pretrained with
                          `dgbench pretrain-features` on procedural label maps at 32-64^3 and
                          shipped inside the package. The name says what it is - synthetic-anatomy
                          pretraining - and keeps it from being mistaken for the published anatomix
@@ -43,7 +43,7 @@ DOWNLOAD_TIMEOUT_S = 30
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 BUNDLED = "synthanat-v2"          # MaskGen's default extractor
 # bundled extractors and the architecture their files must have (their random controls use it)
-BUNDLED_ARCH = {"synthanat-v2": {"ngf": 8, "num_downs": 3, "norm": "instance", "norm_eps": 1e-5},
+BUNDLED_ARCH = {"synthanat-v2": {"ngf": 8, "num_downs": 4, "norm": "instance", "norm_eps": 1e-5},
                 "synthanat-tiny": {"ngf": 6, "num_downs": 4, "norm": "batch", "norm_eps": 1e-5}}
 
 
