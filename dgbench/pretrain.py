@@ -391,7 +391,7 @@ class Pretrainer:
         self.step, self.history, self.sizes = state["step"], list(state["history"]), list(state["sizes"])
 
 
-def pretrain(steps: int = 1000, seed: int = 0, log_every: int = 50, log=None,
+def pretrain(steps: int = PretrainConfig.steps, seed: int = 0, log_every: int = 50, log=None,
              progress: bool = False, checkpoint: Path | None = None, ckpt_every: int = 200,
              stop_after: int | None = None, **overrides) -> dict:
     """Train and return {"net", "config", "loss" (per-step history), "sizes", "wall_time_s",
