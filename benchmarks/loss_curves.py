@@ -6,7 +6,8 @@ It reads training losses on source data only; no validation or target score ente
      `aug_prob` for all) for a long reference budget of REF_STEPS steps.
   2. Smooth each per-step loss curve (train_loss.csv) with a centred moving average over 5% of
      the steps.
-  3. L_start = the mean loss over the first 5% of steps, L_end = over the last 10%. A method
+  3. L_start = the mean loss over the first 5% of steps, L_end = over the last 10% (the
+     convergence verdict's own definitions, dgbench.convergence.start_end). A method
      whose L_end > 0.8 x L_start never left its starting loss: it has no plateau step, and the
      README must state the mechanism that makes it fail.
   4. A method's plateau step is the first step at which the smoothed loss has made 90% of its
@@ -31,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dgbench.convergence import LEFT_START_RATIO, start_end
+
 REF_STEPS = 3000
 SMOOTH_FRAC = 0.05
-START_FRAC, END_FRAC = 0.05, 0.10
-LEFT_START_RATIO = 0.8
 DROP_FRAC = 0.9
 ROUND_TO = 100
 
@@ -51,9 +52,7 @@ def smooth(loss: np.ndarray, frac: float = SMOOTH_FRAC) -> np.ndarray:
 def plateau(loss) -> dict:
     """The rule's numbers for one per-step loss curve (step 1 first)."""
     loss = np.asarray(loss, dtype=float)
-    n = len(loss)
-    start = float(loss[:max(1, math.ceil(START_FRAC * n))].mean())
-    end = float(loss[-max(1, math.ceil(END_FRAC * n)):].mean())
+    start, end = start_end(loss)     # the convergence verdict's starting and final loss
     out = {"start": start, "end": end, "left_start": end <= LEFT_START_RATIO * start, "plateau_step": None}
     if out["left_start"]:
         s = smooth(loss)

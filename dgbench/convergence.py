@@ -66,6 +66,14 @@ def _round(x: float) -> float | None:
     return round(float(x), 6) if math.isfinite(x) else None
 
 
+def start_end(loss) -> tuple[float, float]:
+    """(starting, final) loss: the means over the first 5% and the last 10% of the per-step
+    losses (the `left_start` rule compares them; benchmarks/loss_curves.py uses them too)."""
+    loss = np.asarray(loss, dtype=float)
+    n = loss.size
+    return float(loss[:_window(n, FIRST_FRAC)].mean()), float(loss[-_window(n, LAST_FRAC):].mean())
+
+
 def verdict(train_loss: Sequence[float], val_history: Sequence[tuple[int, float]], total_steps: int) -> dict:
     """The convergence verdict (rules in the module docstring).
 
@@ -79,8 +87,7 @@ def verdict(train_loss: Sequence[float], val_history: Sequence[tuple[int, float]
     if loss.size == 0 or not val:
         raise ValueError("a verdict needs at least one training loss and one validation")
     n = loss.size
-    first = float(loss[:_window(n, FIRST_FRAC)].mean())
-    last = float(loss[-_window(n, LAST_FRAC):].mean())
+    first, last = start_end(loss)
     left_start = last <= LEFT_START_RATIO * first
 
     tail = loss[-_window(n, TAIL_FRAC, least=2):]

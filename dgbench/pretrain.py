@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgbench.models.anatomix import Unet, kaiming_init
+from dgbench.models.anatomix import seeded_extractor_net
 from dgbench.rundir import atomic_write_bytes
 
 # ---------------------------------------------------------------------------------------------
@@ -299,13 +299,6 @@ class PretrainConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
-def build_net(cfg: PretrainConfig) -> Unet:
-    """Kaiming init from `seed`."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return kaiming_init(Unet(input_nc=1, output_nc=16, num_downs=cfg.num_downs, ngf=cfg.ngf,
-                                 norm=cfg.norm, norm_eps=cfg.norm_eps))
-
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """Every random draw of step `step` comes from here: a run is a pure function of its seed,
@@ -333,8 +326,8 @@ def sample_batch(cfg: PretrainConfig, step: int, chains) -> tuple[list[torch.Ten
 
 
 class Pretrainer:
-    """Network, heads, optimiser and schedule; `run(until)` trains, `state()`/`load()` resume
-    exactly (data and sampling depend only on (seed, step))."""
+    """Network, heads, optimiser and schedule; `train_step()` trains one step, `state()`/`load()`
+    resume exactly (data and sampling depend only on (seed, step))."""
 
     def __init__(self, cfg: PretrainConfig):
         self.cfg = cfg
@@ -344,7 +337,7 @@ class Pretrainer:
             raise ValueError(f"canvas sizes {bad} must be multiples of {m} and at least {2 * m} "
                              f"(num_downs={cfg.num_downs})")
         self.chains = (corruption_chain(0), corruption_chain(0))  # reseeded every step
-        self.net = build_net(cfg)
+        self.net = seeded_extractor_net(cfg.seed, cfg.ngf, cfg.num_downs, cfg.norm, cfg.norm_eps)
         self.layers = self.net.pretrain_layers()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 10_000)
@@ -379,9 +372,9 @@ class Pretrainer:
                 "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
 
     def load(self, state: dict, path: Path | str = "checkpoint") -> None:
-        if state["config"] != self.cfg.to_json():
-            diff = {k: (v, self.cfg.to_json().get(k)) for k, v in state["config"].items()
-                    if self.cfg.to_json().get(k) != v}
+        now = self.cfg.to_json()
+        if state["config"] != now:
+            diff = {k: (v, now.get(k)) for k, v in state["config"].items() if now.get(k) != v}
             raise ValueError(f"{path} was made with other settings (checkpoint vs now: {diff}); "
                              "resume with the same options, or use another --name / --out")
         self.net.load_state_dict(state["net"])
@@ -551,7 +544,7 @@ def cli_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _logged_wall_time(log_path: Path) -> float | None:
+def _logged_wall_time(log_path: Path) -> float:
     """Sum of the 'elapsed' times of every piece of a resumed pretraining, from its log."""
     total, last = 0.0, 0.0
     for line in log_path.read_text().splitlines():

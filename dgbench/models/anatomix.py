@@ -162,6 +162,16 @@ def anatomix_unet(ngf: int = 16, num_downs: int = 4, input_nc: int = 1,
     return Unet(input_nc=input_nc, output_nc=output_nc, num_downs=num_downs, ngf=ngf)
 
 
+def seeded_extractor_net(seed: int, ngf: int, num_downs: int = 4, norm: str = "batch",
+                         norm_eps: float = 1e-5) -> Unet:
+    """Unet(1 -> 16) with Kaiming init drawn from `seed` (the global RNG is left untouched): the
+    start of pretraining and the untrained "-random" control extractors alike."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return kaiming_init(Unet(input_nc=1, output_nc=16, num_downs=num_downs, ngf=ngf,
+                                 norm=norm, norm_eps=norm_eps))
+
+
 def kaiming_init(net: nn.Module) -> nn.Module:
     """Kaiming-normal conv weights, unit/zero norm affine: the init used for pretraining (§4.4)."""
     for m in net.modules():

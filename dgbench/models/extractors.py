@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dgbench.models.anatomix import Unet, kaiming_init, strip_wrappers
+from dgbench.models.anatomix import Unet, seeded_extractor_net, strip_wrappers
 from dgbench.registry import EXTRACTORS, register_extractor
 
 ANATOMIX_URL = ("https://raw.githubusercontent.com/neel-dey/anatomix/main/"
@@ -288,10 +288,7 @@ def _bundled(name: str):
 def random_extractor(ngf: int, seed: int = 0, name: str | None = None, num_downs: int = 4,
                      norm: str = "batch", norm_eps: float = 1e-5) -> FrozenExtractor:
     """Kaiming-initialised network of the family (the starting point of pretraining)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = kaiming_init(Unet(input_nc=1, output_nc=16, num_downs=num_downs, ngf=ngf,
-                                norm=norm, norm_eps=norm_eps))
+    net = seeded_extractor_net(seed, ngf, num_downs, norm, norm_eps)
     return FrozenExtractor(net, name or f"random-ngf{ngf}-seed{seed}", None, None, True)
 
 
