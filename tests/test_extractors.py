@@ -211,3 +211,13 @@ def test_bundled_v2_is_the_default_with_its_provenance():
     r = ex.build_extractor("synthanat-v2-random")
     assert r.weights_sha1 is None and r.net.norm == "instance"
     assert not torch.equal(r.net.model[0].weight, e.net.model[0].weight)
+
+
+def test_bundled_file_of_another_architecture_is_refused(tmp_path, monkeypatch):
+    # a synthanat-tiny file placed where synthanat-v2 should be: clear error, not a silent swap
+    pt, meta = ex.bundled_weights("synthanat-tiny")
+    (tmp_path / "synthanat-v2.pt").write_bytes(pt.read_bytes())
+    (tmp_path / "synthanat-v2.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(ex, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(ex.ExtractorWeightsError, match="is not the synthanat-v2 architecture"):
+        ex.build_extractor("synthanat-v2")

@@ -102,6 +102,9 @@ def test_cli_help_resume_and_weights(tmp_path, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--stop-after" in out and "--sizes" in out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pretrain-features", "--sizes", "32,x"])
+    assert "--sizes wants comma-separated integers, got '32,x'" in capsys.readouterr().err
     args = ["pretrain-features", "--name", "t", "--out", str(tmp_path), "--steps", "3",
             "--sizes", "16,32", "--ngf", "4", "--num-downs", "3", "--log-every", "1", "--ckpt-every", "1"]
     assert pt.main(args + ["--stop-after", "2"]) == 0
