@@ -12,7 +12,9 @@ It reads training losses on source data only; no validation or target score ente
      README must state the mechanism that makes it fail.
   4. A method's plateau step is the first step at which the smoothed loss has made 90% of its
      total drop: L(t) <= L_end + 0.1 (L_start - L_end).
-  5. The embedded budget is the largest plateau step, rounded up to a multiple of 100 steps.
+  5. The embedded budget is the largest plateau step, rounded up to a multiple of 100 steps. If
+     it exceeds 80% of REF_STEPS, the reference runs are repeated at twice the length (--steps).
+The outcome is recorded in <results>/budget_<steps>.json, the figure in loss_curves_<steps>.png.
 
     .venv/bin/python benchmarks/loss_curves.py --run          # train what is missing (resumable), then report
     .venv/bin/python benchmarks/loss_curves.py                # report from the run folders only
@@ -24,6 +26,7 @@ interrupted ones.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import subprocess
@@ -38,6 +41,7 @@ REF_STEPS = 3000
 SMOOTH_FRAC = 0.05
 DROP_FRAC = 0.9
 ROUND_TO = 100
+MAX_SHARE_OF_REF = 0.8     # a budget above 80% of REF_STEPS: repeat the reference runs at 2x
 
 
 def smooth(loss: np.ndarray, frac: float = SMOOTH_FRAC) -> np.ndarray:
@@ -65,6 +69,16 @@ def budget(plateaus: dict[str, dict]) -> int | None:
     return int(math.ceil(max(steps) / ROUND_TO) * ROUND_TO) if steps else None
 
 
+def decide(plateaus: dict[str, dict], ref_steps: int) -> dict:
+    """The rule's outcome: {"budget": steps or None, "repeat_at": 2 x ref_steps or None}. A budget
+    above 80% of the reference budget is not trusted (the slowest method may have been cut off
+    by the reference schedule itself): the reference runs are repeated at twice the length."""
+    b = budget(plateaus)
+    if b is not None and b > MAX_SHARE_OF_REF * ref_steps:
+        return {"budget": None, "repeat_at": 2 * ref_steps, "largest_plateau": b}
+    return {"budget": b, "repeat_at": None, "largest_plateau": b}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -75,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     ap.add_argument("--run", action="store_true", help="train missing runs first (dgbench sweep, local executor)")
     ap.add_argument("--workers", type=int, default=2, help="--run: worker processes")
-    ap.add_argument("--out", default=None, help="figure path (default: <results>/loss_curves.png)")
+    ap.add_argument("--out", default=None, help="figure path (default: <results>/loss_curves_<steps>.png)")
     args = ap.parse_args(argv)
 
     from dgbench import convergence
@@ -117,10 +131,24 @@ def main(argv: list[str] | None = None) -> int:
         p = plateaus[m]
         print(f"| {m} | {p['start']:.3f} | {p['end']:.3f} | {'yes' if p['left_start'] else 'NO'} "
               f"| {p['plateau_step'] if p['plateau_step'] else '-'} |")
-    b = budget(plateaus)
+    outcome = decide(plateaus, args.steps)
+    b = outcome["budget"]
     never = [m for m, p in plateaus.items() if not p["left_start"]]
-    print(f"\nembedded budget by the rule: {b} steps"
-          + (f"; never left their starting loss: {', '.join(never)}" if never else ""))
+    if outcome["repeat_at"]:
+        print(f"\nthe largest plateau step, {outcome['largest_plateau']}, exceeds "
+              f"{MAX_SHARE_OF_REF:.0%} of the reference budget: repeat with --steps {outcome['repeat_at']}")
+    else:
+        print(f"\nembedded budget by the rule: {b} steps")
+    if never:
+        print(f"never left their starting loss: {', '.join(never)}")
+    record = {"dataset": "synth", "seed": args.seed, "ref_steps": args.steps, **outcome,
+              "never_left_start": sorted(never),
+              "runs": {m: resolve("synth", m, args.seed, train={"steps": args.steps}).run_id for m in plateaus},
+              "plateaus": {m: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in p.items()}
+                           for m, p in plateaus.items()}}
+    out_json = results / f"budget_{args.steps}.json"
+    out_json.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+    print(f"record: {out_json}")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -140,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_title(f"synth, seed {args.seed}: every method's training loss; dots = plateau steps")
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     fig.tight_layout()
-    out = Path(args.out or results / "loss_curves.png")
+    out = Path(args.out or results / f"loss_curves_{args.steps}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     print(f"figure: {out}")

@@ -50,6 +50,10 @@ def bench_specs(args) -> list:
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
     methods = [m for m in args.method.split(",") if m]
+    if methods == ["all"]:
+        from dgbench.registry import METHODS, load_plugins
+        load_plugins()
+        methods = METHODS.names()
     specs = [resolve(args.dataset, m, seed=s, setting=args.setting, hparams=_hparams_for(m, args.hparam),
                      train=train) for m in methods for s in args.seeds]
     versus = args.versus.strip()
@@ -151,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "method (default erm) for comparison, and print a Dice table: rows = "
                                    "methods, columns = source-val and each target domain. Cells from runs "
                                    "that did not converge are marked † and a warning says why.")
-    b.add_argument("--method", default="maskgen", help="method name(s), comma-separated (default maskgen)")
+    b.add_argument("--method", default="maskgen", help="method name(s), comma-separated, or 'all' registered methods (default maskgen)")
     b.add_argument("--versus", default="erm", metavar="METHOD",
                    help="also run this method (same dataset, seeds and training options; its own "
                         "hyperparameter defaults) and show it in the table; done runs are reused "

@@ -40,3 +40,14 @@ def test_budget_is_the_slowest_plateau_rounded_up():
 def test_smoothing_keeps_a_constant_and_the_length():
     s = lc.smooth(np.full(101, 2.0))
     assert s.shape == (101,) and np.allclose(s, 2.0)
+
+
+def test_a_budget_above_eighty_percent_of_the_reference_asks_for_a_longer_reference():
+    n = 3000
+    slow = lc.plateau(0.3 + 1.2 / (1 + np.exp((np.arange(1, n + 1) - 2300) / 50)))   # drops late
+    assert slow["plateau_step"] > 0.8 * n
+    d = lc.decide({"slow": slow}, n)
+    assert d == {"budget": None, "repeat_at": 2 * n, "largest_plateau": lc.budget({"slow": slow})}
+    fast = lc.plateau(0.3 + 1.2 * np.exp(-np.arange(1, n + 1) / 100))
+    assert lc.decide({"fast": fast}, n) == {"budget": lc.budget({"fast": fast}), "repeat_at": None,
+                                           "largest_plateau": lc.budget({"fast": fast})}

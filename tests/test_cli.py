@@ -63,6 +63,12 @@ def test_bench_adds_the_versus_method():
     assert {s.method for s in _bench_specs("--method", "maskgen", "--versus", "gin", "--seeds", "0")} == {"maskgen", "gin"}
 
 
+def test_bench_all_means_every_registered_method_once():
+    from dgbench.registry import METHODS
+    specs = _bench_specs("--method", "all", "--seeds", "0")
+    assert sorted(s.method for s in specs) == sorted(METHODS.names()) and len(specs) == len(METHODS.names()) > 15
+
+
 def test_unknown_method_is_a_clear_error(capsys):
     assert main(["bench", "--method", "nope", "--seeds", "0"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
