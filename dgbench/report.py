@@ -574,6 +574,22 @@ def _accounting_notes(acc: Accounting, n_used: int) -> list[str]:
     return notes
 
 
+def _extractor_notes(used: pd.DataFrame) -> list[str]:
+    """Which feature extractor each MaskGen-family row used (hparam ``extractor``)."""
+    by_method: dict[str, set] = {}
+    for meth, cfg in zip(used["method"], used["config"]):
+        hp = (json.loads(cfg) if cfg else {}).get("hparams") or {}
+        if "extractor" in hp:
+            name = str(hp["extractor"]) + (f" (weights {hp['extractor_weights']})" if hp.get("extractor_weights") else "")
+            by_method.setdefault(str(meth), set()).add(name)
+    if not by_method:
+        return []
+    note = "Feature extractor: " + "; ".join(f"{m}: {', '.join(sorted(v))}" for m, v in sorted(by_method.items())) + "."
+    if any(n.split(" ")[0] != "anatomix" for v in by_method.values() for n in v):
+        note += " The paper's MaskGen uses the published anatomix weights (extractor 'anatomix')."
+    return [note]
+
+
 def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], methods: list[str],
                  seeds: list[int], name: str, title: str, col_label, paper: pd.DataFrame | None = None,
                  with_rank: bool = True) -> tuple[Table, pd.DataFrame, Accounting]:
@@ -634,17 +650,19 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
         bold.append([False, *b])
         csv_rows.append(rec)
     notes = [f"Selection: {selection_label(selection)}."]
-    if paper is not None and REF_METHOD in methods:
+    paper_here = None
+    if paper is not None:
+        paper_here = paper[(paper["metric"] == "dice")
+                           & paper.apply(lambda r: (r["dataset"], r["setting"]) in set(cols), axis=1)]
+    if paper_here is not None and len(paper_here) and REF_METHOD in methods:
         prow, drow = ["maskgen (paper)"], ["Δ maskgen − paper"]
         prec, drec = {"method": "maskgen (paper)"}, {"method": "Δ maskgen − paper"}
         i = methods.index(REF_METHOD)
-        srcs = set()
         for j, c in enumerate(cols):
-            p = paper[(paper["dataset"] == c[0]) & (paper["setting"] == c[1]) & (paper["metric"] == "dice")]
+            p = paper_here[(paper_here["dataset"] == c[0]) & (paper_here["setting"] == c[1])]
             L = col_label(c)
             if len(p):
                 pv = float(p["value"].iloc[0])
-                srcs.update(p["source"].astype(str))
                 ours = means[i, j] * SCALE
                 prow.append(f"{pv:.{DECIMALS}f}")
                 drow.append(DASH if not np.isfinite(ours) else f"{ours - pv:+.{DECIMALS}f}"
@@ -654,21 +672,28 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
             else:
                 prow.append(DASH)
                 drow.append(DASH)
-        if with_rank:
-            pr = paper[(paper["metric"] == "avg_rank")]
-            prow.append(f"{float(pr['value'].iloc[0]):.2f}" if len(pr) else DASH)
+        if with_rank:                       # the paper's own rank ranks other methods: not here
+            prow.append(DASH)
             drow.append(DASH)
-            if len(pr):
-                prec["avg_rank"] = float(pr["value"].iloc[0])
         rows += [prow, drow]
         bold += [[False] * len(prow)] * 2
         csv_rows += [prec, drec]
-        notes.append("Paper row: published MaskGen Dice ×100 (" + "; ".join(sorted(srcs)) + "); not ranked. "
-                     "Its average rank is over the paper's own methods and is not comparable. "
-                     "The paper counts a class absent from every case as 0 (main.csv: *.mean_refcompat); "
+        srcs = sorted(set(paper_here["source"].astype(str)))
+        notes.append("Paper row: published MaskGen Dice ×100 (" + "; ".join(srcs) + "); not ranked. "
+                     "The paper counts a class absent from every case as 0 (the CSV's *.mean_refcompat columns); "
                      "Δ uses the clean mean shown here.")
-    if paper is not None and REF_METHOD not in methods:
+        if (paper_here["setting"] != "full").any():
+            notes.append("Published few-shot values are filed under the setting given in the reference file; "
+                         "see its note column for how sure that setting is.")
+        pr = paper[(paper["metric"] == "avg_rank") & paper["setting"].isin({s for _, s in cols})]
+        if with_rank and len(pr):
+            notes.append(f"The paper's own average rank for MaskGen, {float(pr['value'].iloc[0]):.2f}, is over the "
+                         "paper's methods and datasets; it is not comparable with the avg. rank column and is "
+                         "not shown in it.")
+    elif paper is not None and REF_METHOD not in methods:
         notes.append(f"Paper row omitted: no '{REF_METHOD}' runs.")
+    elif paper is not None:
+        notes.append("Paper row omitted: no published number for these columns.")
     notes.append(_MISSING_NOTE)
     if 0 < n_exp_seeds:
         notes.append(f"Expected {n_exp_seeds} seed(s) per cell; '(n=k)' marks cells with fewer; '{DASH}' = no result.")
@@ -676,6 +701,7 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
         notes.append("Bold: best per column (equal shown values tie). Rank per column by mean Dice rounded to the "
                      "shown precision, ties averaged; avg. rank = mean over columns. "
                      "* = no result in at least one column, counted as sharing the last places there.")
+    notes += _extractor_notes(used[used["run_id"].isin(sc.loc[sc["dice"].notna(), "run_id"])])
     notes += _convergence_notes(col.runs, sc.loc[sc["dice"].notna(), "run_id"])
     notes += _accounting_notes(acc, int(sc["run_id"].nunique()))
     csv = _int_columns(pd.DataFrame(csv_rows))
@@ -1079,6 +1105,16 @@ def load_paper(path: Path | None = None) -> pd.DataFrame:
     missing = {"dataset", "setting", "method", "metric", "value", "source"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    from dgbench.registry import DATASETS, load_plugins
+    from dgbench.spec import SETTING_RE
+    load_plugins()
+    known = set(DATASETS.names()) | {"all"}
+    bad = [f"line {i + 2}: dataset {r.dataset!r}" for i, r in enumerate(df.itertuples()) if r.dataset not in known]
+    bad += [f"line {i + 2}: setting {r.setting!r}" for i, r in enumerate(df.itertuples())
+            if not SETTING_RE.match(str(r.setting))]
+    if bad:
+        raise ValueError(f"{path}: {'; '.join(bad)}. Use a registered dataset name ({', '.join(sorted(known))}) "
+                         f"and a setting 'full' or 'fewshot-N'; a misnamed row would silently show as '–'.")
     return df[df["method"] == REF_METHOD]
 
 
@@ -1301,7 +1337,7 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     emit(main)
     few, _, _ = _score_table(col, primary, few_cols, methods, seeds, "fewshot",
                              f"Few-shot target-domain mean Dice (×100), selection '{primary}'{tag}",
-                             _col_label_fewshot)
+                             _col_label_fewshot, paper=paper_df)
     if not few_cols:
         few.notes.insert(0, "No few-shot runs (setting fewshot-N) found.")
     emit(few)

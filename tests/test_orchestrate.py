@@ -135,14 +135,17 @@ def test_repository_sweep_files():
     assert orch.as_seeds(paper["seeds"]) == [0, 1, 2] and orch.as_list(paper["settings"]) == ["full"]
 
 
-def test_paper_sweep_resolves_without_data():
-    from dgbench.registry import DATASETS, METHODS
-    paper = orch.load_sweep(REPO / "sweeps" / "paper.yaml")
-    missing = ([d for d in orch.as_list(paper["datasets"]) if d not in DATASETS.names()]
-               + [m for m in orch.as_list(paper["methods"]) if m not in METHODS.names()])
-    if missing:
-        pytest.skip(f"not registered yet: {missing}")
-    assert len(orch.sweep_specs(paper)) == 6 * 14 * 3
+def test_paper_sweeps_resolve_without_data_and_use_the_published_extractor():
+    paper = orch.sweep_specs(orch.load_sweep(REPO / "sweeps" / "paper.yaml"))
+    few = orch.sweep_specs(orch.load_sweep(REPO / "sweeps" / "fewshot.yaml"))
+    assert len(paper) == len(few) == 6 * 14 * 3
+    assert {s.setting for s in paper} == {"full"} and {s.setting for s in few} == {"fewshot-5"}
+    assert {s.train.steps for s in few} == {40000}
+    assert {(s.dataset, s.method, s.seed) for s in paper} == {(s.dataset, s.method, s.seed) for s in few}
+    for s in paper + few:
+        if "extractor" in s.hparams:          # MaskGen and its feature ablations
+            assert s.hparams["extractor"] == "anatomix", s.run_id
+    assert {s.method for s in paper if "extractor" in s.hparams} == {"maskgen", "features-only", "concat"}
 
 
 # ---------------------------------------------------------------------------------------------

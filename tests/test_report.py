@@ -352,5 +352,49 @@ def test_cli_runs(tmp_path, capsys):
                                  "--bootstrap", "0", "--no-figures", "--paper"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "| maskgen (paper) | 67.5 | 84.7 | 1.50 |" in out
+    assert "| maskgen (paper) | 67.5 | 84.7 | – |" in out        # the paper's own rank is a note
+    assert "The paper's own average rank for MaskGen, 1.50," in out
     assert (tmp_path / "o" / "ranks.csv").exists()
+
+
+def test_every_published_number_shows_under_paper(tmp_path):
+    """Each of the paper's six datasets (full) and each few-shot value reaches its table."""
+    paper = report.load_paper()
+    dice = paper[paper["metric"] == "dice"]
+    results = tmp_path / "results"
+    for i, (ds, setting) in enumerate(sorted(set(zip(dice["dataset"], dice["setting"])))):
+        for meth in ("maskgen", "erm"):
+            rid = f"{ds}_{meth}_{setting}_s0_{i:010d}"
+            _write_run(results, rid, {"dataset": ds, "method": meth, "setting": setting, "seed": 0},
+                       _rows(rid, ds, meth, 0, "source-val", {"a": 0.5, "b": 0.6}, setting=setting))
+    out = tmp_path / "tables"
+    write_tables(results, out, paper=True, n_boot=0, figures=False)
+    main = pd.read_csv(out / "main.csv").set_index("method")
+    few = pd.read_csv(out / "fewshot.csv").set_index("method")
+    assert {"amos", "brats", "topcow", "hvsmr", "pandg", "prostate"} <= set(dice["dataset"])
+    for r in dice.itertuples():
+        n = r.setting.split("-")[-1]
+        table, col = (main, f"{r.dataset}.mean") if r.setting == "full" else (few, f"{r.dataset} ({n}-shot).mean")
+        assert table.at["maskgen (paper)", col] == pytest.approx(r.value), (r.dataset, r.setting)
+        assert table.at["Δ maskgen − paper", col] == pytest.approx(55.0 - r.value)
+
+
+def test_a_misnamed_dataset_in_the_paper_file_is_refused(tmp_path):
+    bad = tmp_path / "paper.csv"
+    bad.write_text("dataset,setting,method,metric,value,source\ncow,full,maskgen,dice,47.8,x\n"
+                   "amos,fewshot,maskgen,dice,53.4,x\n")
+    with pytest.raises(ValueError, match=r"paper.csv: line 2: dataset 'cow'; line 3: setting 'fewshot'"):
+        report.load_paper(bad)
+
+
+def test_tables_name_the_extractor_of_each_maskgen_family_row(tmp_path):
+    results = tmp_path / "results"
+    for meth, hp in (("maskgen", {"extractor": "synthanat-v2", "p": 0.75}), ("concat", {"extractor": "anatomix"}),
+                     ("erm", {})):
+        rid = f"amos_{meth}_full_s0_0000000000"
+        _write_run(results, rid, {"dataset": "amos", "method": meth, "setting": "full", "seed": 0, "hparams": hp},
+                   _rows(rid, "amos", meth, 0, "source-val", {"a": 0.5}))
+    write_tables(results, tmp_path / "t", n_boot=0, figures=False)
+    md = (tmp_path / "t" / "main.md").read_text()
+    assert ("- Feature extractor: concat: anatomix; maskgen: synthanat-v2. The paper's MaskGen uses the published "
+            "anatomix weights (extractor 'anatomix').") in md
