@@ -65,6 +65,13 @@ class NnunetFolderAdapter(DatasetAdapter):
         domains = self.read_manifest(root)
         images = {p.name[: -len("_0000" + ending)]: p for p in sorted((root / "imagesTr").glob(f"*_0000{ending}"))
                   if _visible(p)}
+        labels = {p.name[: -len(ending)] for p in (root / "labelsTr").glob(f"*{ending}") if _visible(p)}
+        for folder, ids in (("imagesTr", set(images)), ("labelsTr", labels)):
+            unlisted = sorted(ids - set(domains))
+            if unlisted:                     # never skipped silently: a forgotten row is data lost
+                raise DataError(f"{root / folder}: {len(unlisted)} case(s) have files here but no row in "
+                                f"{root / 'domains.csv'}: {unlisted[:5]}{' ...' if len(unlisted) > 5 else ''}. "
+                                f"Add a row (case,domain) for each, or move their files out of {folder}.")
         cases = []
         for case_id, domain in domains.items():
             if domain not in self.domains:

@@ -533,7 +533,8 @@ def make_folder(root: Path, split_column=False):
     (root / "dgbench.json").write_text(json.dumps({
         "name": "liver-3-sites", "modality": {"siteA": "ct", "siteB": "mr", "siteC": "mr"},
         "source": ["siteA"], "target": ["siteB", "siteC"], "spacing": [1.0, 1.0, 2.0],
-        "target_val_fraction": 0.34, "train": {"patch_size": [16, 16, 16], "steps": 100}}))
+        "target_val_fraction": 0.34,
+        "train": {"patch_size": [16, 16, 16], "steps": 100, "backbone_kwargs": {"width": 4, "levels": 2}}}))
 
 
 def test_folder_prepare_once_then_found_again(tmp_path, env, capsys, monkeypatch):

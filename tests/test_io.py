@@ -83,6 +83,7 @@ def test_bad_case_stops_prepare_and_keeps_cache(tmp_path, synth_prepared, own_ca
 def test_split_naming_a_missing_case(tmp_path, synth_prepared, own_cache):
     raw = _copy_synth(tmp_path, synth_prepared)
     (raw / "imagesTr" / "synth_030_0000.nii.gz").unlink()
+    (raw / "labelsTr" / "synth_030.nii.gz").unlink()
     lines = (raw / "domains.csv").read_text().splitlines()
     (raw / "domains.csv").write_text("\n".join(l for l in lines if not l.startswith("synth_030")) + "\n")
     with pytest.raises(DataError, match=r"synth.json: 1 split case\(s\) not found.*synth_030"):

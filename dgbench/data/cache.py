@@ -6,11 +6,20 @@ Layout: ``<cache>/prepared/<dataset>-<key>/`` with ``<case>.img.npy`` (float32),
 ``<case>.lbl.npy`` (uint8), ``<case>.json`` (per-case record, written last) and ``index.json``
 (written when every case is in). The key hashes every preprocessing parameter, so changing one
 makes a new cache instead of mixing old and new arrays.
+
+Each record (and the index) holds a fingerprint of the case's source files ("source": image and
+label, each {path, size, mtime_ns, sha1}). `prepare` compares size and mtime, and hashes a file
+only when one of them moved: a changed file is re-validated and re-cached (index.json is removed
+first, so nothing reads a half-updated cache), a file with the same content (a copy, a `touch`)
+only gets its fingerprint refreshed. Training (`ensure_prepared`) makes the same check and
+refuses a changed file (re-preparing a generated dataset instead), so stale arrays are never served.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +28,10 @@ import numpy as np
 from scipy import ndimage
 
 from dgbench.data.adapter import Case, DatasetAdapter, cache_dir
-from dgbench.data.io import DataError, check_labels, check_pair, load_nifti
+from dgbench.data.io import DataError, check_finite, check_labels, check_pair, load_nifti
 from dgbench.rundir import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("dgbench")
 
 PREP_VERSION = 1
 FG_SAMPLES = 2000   # stored foreground voxel coordinates per class, for oversampling
@@ -56,8 +67,37 @@ def resample(arr: np.ndarray, spacing, target, order: int) -> np.ndarray:
     return ndimage.zoom(arr, [n / o for n, o in zip(shape, arr.shape)], order=order, mode="nearest", grid_mode=True)
 
 
+def fingerprint(path: Path) -> dict:
+    """What a cached case was made from: the file's path, size, mtime and SHA-1."""
+    st = os.stat(path)
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha1": h.hexdigest()}
+
+
+def file_status(fp: dict | None, path: Path) -> tuple[str, dict | None]:
+    """("same" | "touched" | "changed" | "gone", the file's fingerprint now). Size and mtime
+    first; the file is hashed only when one of them moved ("touched": same content)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "gone", None
+    if fp and fp.get("path") == str(path) and (st.st_size, st.st_mtime_ns) == (fp.get("size"), fp.get("mtime_ns")):
+        return "same", fp
+    now = fingerprint(path)
+    return ("touched" if fp and now["sha1"] == fp.get("sha1") else "changed"), now
+
+
+def source_files(case: Case) -> dict[str, Path]:
+    return {"image": Path(case.image), "label": Path(case.label)}
+
+
 def preprocess_case(adapter: DatasetAdapter, case: Case) -> tuple[np.ndarray, np.ndarray, dict]:
+    source = {k: fingerprint(p) for k, p in source_files(case).items()}   # before reading: a later edit shows
     img, img_aff, spacing = load_nifti(case.image, channel=case.channel)
+    check_finite(case.image, np.asarray(img))
     lbl, lbl_aff, _ = load_nifti(case.label)
     check_pair(case.image, img.shape, img_aff, case.label, lbl.shape, lbl_aff)
     lbl = check_labels(case.label, adapter.remap_labels(np.asarray(lbl)), adapter.n_classes)
@@ -73,7 +113,7 @@ def preprocess_case(adapter: DatasetAdapter, case: Case) -> tuple[np.ndarray, np
             fg[str(c)] = idx[rng.choice(len(idx), min(len(idx), FG_SAMPLES), replace=False)].tolist()
     meta = {"case": case.case_id, "domain": case.domain, "modality": modality, "shape": list(img.shape),
             "source_spacing": list(spacing), "image": str(case.image), "label": str(case.label),
-            "classes_present": sorted(int(k) for k in fg), "fg": fg}
+            "classes_present": sorted(int(k) for k in fg), "fg": fg, "source": source}
     return img, lbl, meta
 
 
@@ -96,6 +136,28 @@ def _prepare_one(args) -> dict:
     return meta
 
 
+def _recheck_record(record: Path, case: Case) -> str | None:
+    """Compare a cached case with its source files now. None when it may be kept (a fingerprint
+    whose size or mtime moved over the same content is refreshed); else why it must be re-cached."""
+    try:
+        meta = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return f"its cache record {record} is unreadable"
+    source = meta.get("source")
+    if not isinstance(source, dict):
+        return "cached by an older dgbench, without a fingerprint of its files"
+    now, why = {}, []
+    for name, path in source_files(case).items():
+        status, now[name] = file_status(source.get(name), path)
+        if status in ("changed", "gone"):
+            why.append(f"{path} {'is gone' if status == 'gone' else 'changed since it was cached'}")
+    if why:
+        return "; ".join(why)
+    if now != source:
+        atomic_write_json(record, {**meta, "source": now})
+    return None
+
+
 def prepare(adapter: DatasetAdapter, root: Path | None = None, workers: int = 1, progress: bool = True) -> dict:
     """Validate and cache every case of the dataset's split. Resumable: finished cases are kept.
 
@@ -111,9 +173,28 @@ def prepare(adapter: DatasetAdapter, root: Path | None = None, workers: int = 1,
         raise DataError(f"{split.path}: {len(missing)} split case(s) not found under {root}: "
                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}. Is the download complete, "
                         f"and is --root the dataset's top folder?")
+    empty = [d for d, ids in split.test.items() if not ids]
+    if empty:
+        counts = {}
+        for c in cases:
+            counts[c.domain] = counts.get(c.domain, 0) + 1
+        raise DataError(f"{split.path}: target domain(s) {empty} have no test cases (cases found under {root} "
+                        f"per domain: {counts}). Every target domain needs cases: check the domain manifest "
+                        f"and the dataset's target domains.")
     out = prepared_dir(adapter)
     out.mkdir(parents=True, exist_ok=True)
     todo = [(adapter, found[c], out) for c in split.all_cases()]
+    recache = {}
+    for _, case, _ in todo:
+        record = out / f"{case.case_id}.json"
+        why = _recheck_record(record, case) if record.exists() else None
+        if why:
+            recache[case.case_id] = (record, why)
+    if recache:
+        (out / "index.json").unlink(missing_ok=True)     # incomplete until every case is re-cached
+        for case_id, (record, why) in recache.items():
+            log.warning("%s: re-validating and re-caching case %s: %s", adapter.name, case_id, why)
+            record.unlink(missing_ok=True)
     metas = []
     bar = tqdm(total=len(todo), desc=f"prepare {adapter.name}", unit="case", disable=not progress, leave=False)
     if workers > 1:
@@ -128,8 +209,8 @@ def prepare(adapter: DatasetAdapter, root: Path | None = None, workers: int = 1,
     bar.close()
     index = {"dataset": adapter.name, "key": cache_key(adapter), "root": str(root), "split_sha1": split.sha1,
              "split_path": str(split.path),
-             "cases": {m["case"]: {k: m[k] for k in ("domain", "modality", "shape", "classes_present",
-                                                     "source_spacing")}
+             "cases": {m["case"]: {k: m.get(k) for k in ("domain", "modality", "shape", "classes_present",
+                                                     "source_spacing", "source")}
                        for m in metas}}
     atomic_write_json(out / "index.json", index)
     return index
@@ -192,6 +273,12 @@ class Prepared:
     def case_ids(self) -> list[str]:
         return list(self.index["cases"])
 
+    def changed_sources(self) -> list[str]:
+        """Source files that changed since they were cached. Files that are gone are not counted
+        (the cache may outlive the raw data); nor are caches made before fingerprints were recorded."""
+        return [fp["path"] for c in self.index["cases"].values() for fp in (c.get("source") or {}).values()
+                if file_status(fp, Path(fp["path"]))[0] == "changed"]
+
     def case(self, case_id: str) -> PreparedCase:
         if case_id not in self._open:
             if case_id not in self.index["cases"]:
@@ -218,4 +305,14 @@ def ensure_prepared(adapter: DatasetAdapter) -> Prepared:
                                 f"re-run `dgbench prepare {adapter.name} --root PATH`.")
             Prepared(adapter)  # raises the "run dgbench prepare" error
         prepare(adapter)
-    return Prepared(adapter)
+    prepared = Prepared(adapter)
+    changed = prepared.changed_sources()
+    if changed and adapter.generated:
+        prepare(adapter)                     # re-validates and re-caches what changed
+        return Prepared(adapter)
+    if changed:
+        raise DataError(f"{changed[0]}: changed since {adapter.name} was prepared"
+                        + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+                        + f"; its cached arrays are stale. Run `dgbench prepare {adapter.name} --root "
+                          f"{prepared.index.get('root', 'PATH')}` to re-validate and re-cache it.")
+    return prepared

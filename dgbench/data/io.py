@@ -67,6 +67,15 @@ def check_pair(img_path: Path, img_shape, img_affine, lbl_path: Path, lbl_shape,
                         f"geometry; fix the header or resample the label onto the image.")
 
 
+def check_finite(path: Path, data: np.ndarray) -> None:
+    """Images must hold finite numbers: a NaN or Inf voxel would poison normalisation and training."""
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        raise DataError(f"{path}: {len(bad)} voxel(s) are NaN or infinite (first at voxel {tuple(int(i) for i in bad[0])}). "
+                        f"Fix the file (e.g. replace them with the background intensity) and prepare again.")
+
+
 def check_labels(lbl_path: Path, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Labels must be integers in 0..n_classes-1 (after any remap). Returns them as uint8."""
     if labels.dtype.kind == "f":
@@ -86,5 +95,9 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    nib.save(nib.Nifti1Image(data, affine), str(tmp))
-    tmp.replace(path)
+    try:
+        nib.save(nib.Nifti1Image(data, affine), str(tmp))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)          # a full disk leaves no half-written file behind
+        raise
