@@ -1,0 +1,161 @@
+"""`dgbench tables`: build every table and figure from a results folder, and its CLI."""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+
+
+from dgbench.report.common import PRIMARY, REFERENCE, REF_METHOD, Table, _col_label_fewshot, _col_label_main, _slug, is_oracle
+from dgbench.report.collect import _refine_states, _select_runs, collect
+from dgbench.report.render import to_latex, to_markdown, write_table
+from dgbench.report.tables import _per_class_table, _score_table, default_paper_file, load_paper
+from dgbench.report.stats import rank_statistics, rank_tables
+from dgbench.report.figures import fig_avg_rank, fig_dice_bars, fig_slices
+
+log = logging.getLogger("dgbench.report")
+
+
+# ------------------------------------------------------------------------------------------
+# everything
+# ------------------------------------------------------------------------------------------
+def _setting_order(s: str) -> tuple[int, int]:
+    m = SETTING_FEWSHOT_RE.match(s)
+    return (1, int(m.group(1))) if m else (0, 0)
+
+
+SETTING_FEWSHOT_RE = re.compile(r"^fewshot-(\d+)$")
+
+
+def write_tables(results: Path, out: Path | None = None, selection: str = PRIMARY,
+                 paper: Path | bool | None = None, n_boot: int = 1000, seed: int = 0,
+                 figures: bool = True, versus: str = REF_METHOD) -> dict[str, list[Path]]:
+    """Build every table (md, tex, csv) and figure (png, pdf) from ``<results>/runs``.
+
+    ``paper``: None/False = no paper row; True = the committed reference file; or a path.
+    ``versus``: the method every other one is tested against in ``pairwise``.
+    Returns {kind: [paths]}; the main Markdown is ``out/main.md``."""
+    results = Path(results)
+    out = Path(out) if out is not None else results / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    col = collect(results)
+    col.runs = _refine_states(col.runs)
+    runs = col.runs
+    unknown = runs[runs[["dataset", "method", "setting", "seed"]].isna().any(axis=1)]
+    if len(unknown):
+        log.warning("run folders without spec.json or a parseable name, not counted: %s",
+                    ", ".join(unknown["run_id"]))
+    known = runs.drop(index=unknown.index)
+    methods = sorted(known["method"].astype(str).unique())
+    seeds = sorted(int(s) for s in known["seed"].unique())
+    pairs_ds = sorted({(str(d), str(s)) for d, s in zip(known["dataset"], known["setting"])},
+                      key=lambda c: (_setting_order(c[1]), c[0]))
+    full_cols = [c for c in pairs_ds if c[1] == "full"]
+    few_cols = [c for c in pairs_ds if c[1] != "full"]
+    have_sel = set(col.metrics["selection"].dropna().unique()) if len(col.metrics) else set()
+    primary = selection
+    fallback_note = None
+    if primary not in have_sel and primary == PRIMARY and REFERENCE in have_sel:
+        primary = REFERENCE
+        fallback_note = f"No run has '{PRIMARY}' rows; tables fall back to '{REFERENCE}'."
+    if have_sel and primary not in have_sel:
+        log.warning("no run has '%s' rows (found: %s); the main tables will be empty",
+                    primary, ", ".join(sorted(have_sel)))
+    paper_df = None
+    if paper:
+        paper_df = load_paper(None if paper is True else Path(paper))
+    written: dict[str, list[Path]] = {"tables": [], "figures": []}
+
+    def emit(t: Table) -> None:
+        if fallback_note:
+            t.notes.insert(0, fallback_note)
+        written["tables"] += write_table(t, out)
+
+    oracle = is_oracle(primary)
+    tag = " — ORACLE (uses target labels)" if oracle else ""
+    main, main_sc, _ = _score_table(col, primary, full_cols, methods, seeds, "main",
+                                    f"Target-domain mean Dice (×100), selection '{primary}'{tag}",
+                                    _col_label_main, paper=paper_df)
+    emit(main)
+    few, _, _ = _score_table(col, primary, few_cols, methods, seeds, "fewshot",
+                             f"Few-shot target-domain mean Dice (×100), selection '{primary}'{tag}",
+                             _col_label_fewshot, paper=paper_df)
+    if not few_cols:
+        few.notes.insert(0, "No few-shot runs (setting fewshot-N) found.")
+    emit(few)
+    for ds, _s in full_cols:
+        emit(_per_class_table(col, primary, ds, methods, seeds))
+    for other in sorted(have_sel - {primary}):
+        t, _, _ = _score_table(col, other, full_cols, methods, seeds, f"main_{_slug(other)}",
+                               f"Target-domain mean Dice (×100), selection '{other}'"
+                               + (" — ORACLE (uses target labels)" if is_oracle(other) else ""),
+                               _col_label_main)
+        emit(t)
+    used, _, _ = _select_runs(col, primary, full_cols)
+    ranks, pairs = rank_statistics(col, primary, full_cols, methods, used, n_boot=n_boot, seed=seed,
+                                   reference=versus)
+    t_rank, t_per, t_pair = rank_tables(ranks, pairs, primary, n_boot, seed, methods, reference=versus,
+                                        runs=used)
+    from dgbench.rundir import atomic_write_text
+    csv_kw = dict(index=False, float_format="%.6f", lineterminator="\n")
+    atomic_write_text(out / "ranks.csv", ranks.to_csv(**csv_kw))
+    atomic_write_text(out / "pairwise.csv", pairs.to_csv(**csv_kw))
+    md = "\n".join(to_markdown(t) for t in (t_rank, t_per, t_pair))
+    tex = "\n".join(to_latex(t) for t in (t_rank, t_per, t_pair))
+    atomic_write_text(out / "ranks.md", md)
+    atomic_write_text(out / "ranks.tex", tex)
+    written["tables"] += [out / "ranks.csv", out / "pairwise.csv", out / "ranks.md", out / "ranks.tex"]
+    if figures:
+        fdir = out / "figures"
+        written["figures"] += fig_dice_bars(main.csv[main.csv["method"].isin(methods)],
+                                            [_col_label_main(c) for c in full_cols], methods, fdir,
+                                            title=f"selection '{primary}'{tag}; error bars: s.d. over seeds")
+        written["figures"] += fig_avg_rank(ranks, fdir, title=f"selection '{primary}'{tag}")
+        for ds, _s in full_cols:
+            written["figures"] += fig_slices(col, used, primary, ds, fdir, methods)
+    return written
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tables", help="tables, ranks, statistics and figures from run folders",
+        description="Rebuild every table (Markdown, LaTeX booktabs, CSV), rank/statistics file and figure "
+                    "from <results>/runs. Dice: per run, each foreground class averaged over the target "
+                    "cases that contain it, then over classes (absent-everywhere classes excluded; the "
+                    "reference-compatible mean that counts them as 0 is in the CSV). A value built from a "
+                    "run that did not converge (dgbench.convergence; see done.json) is marked †, with the "
+                    "reason under the table.")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder holding runs/ (default: results)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS/tables)")
+    p.add_argument("--selection", default=PRIMARY,
+                   help="model-selection rule for the main tables: source-val (default, primary), last "
+                        "(reference protocol) or any rule present in metrics.csv; rules that use target "
+                        "labels are labelled ORACLE. Other rules found get main_<rule> tables.")
+    p.add_argument("--paper", nargs="?", const=True, default=None, metavar="CSV",
+                   help="add the published MaskGen row and the difference to the main table "
+                        f"(default file: {default_paper_file()})")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples of target cases for CIs (default 1000; 0 = off)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    p.add_argument("--versus", default=REF_METHOD, metavar="METHOD",
+                   help=f"method the others are tested against in pairwise.csv (default {REF_METHOD}; "
+                        f"e.g. erm to test baselines against the plain recipe)")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG/PDF figures")
+    p.set_defaults(func=_cmd_tables)
+
+
+def _cmd_tables(args: argparse.Namespace) -> int:
+    if not (Path(args.results) / "runs").is_dir():
+        print(f"no run folders under {Path(args.results) / 'runs'}")
+        return 1
+    written = write_tables(args.results, args.out, selection=args.selection, paper=args.paper,
+                           n_boot=args.bootstrap, seed=args.seed, figures=not args.no_figures,
+                           versus=args.versus)
+    out = Path(args.out) if args.out is not None else Path(args.results) / "tables"
+    print((out / "main.md").read_text())
+    print(f"wrote {len(written['tables'])} table files and {len(written['figures'])} figure files to {out}")
+    return 0

@@ -1,0 +1,326 @@
+"""Run folders -> a Collection (runs + metric rows), per-run scores, and run accounting."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from dgbench.report.common import DAGGER, _RUN_ID_RE
+
+# ------------------------------------------------------------------------------------------
+# collection
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Collection:
+    """Everything read from a results folder.
+
+    ``runs``: one row per run folder (run_id, dataset, method, setting, seed, config, state,
+    error). ``metrics``: the concatenated metrics.csv of the *done* runs only."""
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    root: Path = field(default_factory=Path)
+
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def done(self) -> pd.DataFrame:
+        return self.runs[self.runs["state"] == "done"]
+
+    def rows(self, selection: str, split: str | None = None) -> pd.DataFrame:
+        """Metric rows of one selection rule (and split), memoised: tables ask many times."""
+        key = (selection, split)
+        if key not in self._cache:
+            m = self.metrics
+            mask = m["selection"] == selection
+            if split is not None:
+                mask &= m["split"] == split
+            self._cache[key] = m[mask]
+        return self._cache[key]
+
+    def runs_with(self, selection: str) -> set:
+        key = ("runs_with", selection)
+        if key not in self._cache:
+            self._cache[key] = set(self.rows(selection)["run_id"].unique())
+        return self._cache[key]
+
+
+_RUN_COLUMNS = ["run_id", "dataset", "method", "setting", "seed", "config", "state", "error", "path",
+                "converged", "convergence", "convergence_source"]
+
+
+def _config_key(spec: dict) -> str:
+    """Hyperparameters + recipe without the seed: runs that differ only by seed share it."""
+    keep = {k: spec.get(k) for k in ("hparams", "train", "split_sha")}
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _read_run(path: Path) -> dict:
+    run_id = path.name
+    row = {"run_id": run_id, "dataset": None, "method": None, "setting": None, "seed": None,
+           "config": "", "state": "pending", "error": None, "path": str(path),
+           "converged": None, "convergence": "", "convergence_source": None}
+    spec = None
+    try:
+        with open(path / "spec.json") as f:
+            spec = json.load(f)
+        if isinstance(spec, dict) and isinstance(spec.get("spec"), dict):
+            spec = spec["spec"]               # dgbench.train.write_spec: {"run_id", "spec", versions}
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    if isinstance(spec, dict) and "dataset" in spec:
+        row.update(dataset=spec.get("dataset"), method=spec.get("method"),
+                   setting=spec.get("setting", "full"), seed=spec.get("seed"),
+                   config=_config_key(spec))
+    else:
+        m = _RUN_ID_RE.match(run_id)
+        if m:
+            row.update(dataset=m["dataset"], method=m["method"], setting=m["setting"], seed=m["seed"])
+    if (path / "done.json").exists():
+        row["state"] = "done"
+        steps = (spec.get("train") or {}).get("steps") if isinstance(spec, dict) else None
+        row.update(_run_convergence(path, steps))
+    elif (path / "failed.json").exists():
+        row["state"] = "failed"
+        try:
+            with open(path / "failed.json") as f:
+                row["error"] = json.load(f).get("error")
+        except (json.JSONDecodeError, OSError):
+            row["error"] = "unreadable failed.json"
+    else:
+        row["state"] = "incomplete"
+    if row["seed"] is not None:
+        row["seed"] = int(row["seed"])
+    return row
+
+
+def _run_convergence(path: Path, steps) -> dict:
+    """converged (True / False / None = unknown), convergence (the reasons), convergence_source.
+
+    The verdict recorded in done.json at the end of training when there is one (reading a
+    250k-step train_loss.csv takes ~0.5 s); else computed from the files (older run folders)."""
+    from dgbench import convergence
+    try:
+        with open(path / "done.json") as f:
+            v = json.load(f).get("convergence")
+        if not (isinstance(v, dict) and "converged" in v and "source" in v):
+            v = convergence.of_run(path, int(steps) if steps else None)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        v = {"converged": None, "source": "none",
+             "reasons": [f"convergence unknown: unreadable train_loss.csv / val_history.csv ({e})"]}
+    return {"converged": v["converged"], "convergence": " and ".join(v["reasons"]),
+            "convergence_source": v["source"]}
+
+
+def not_converged(runs: pd.DataFrame) -> pd.Series:
+    """Mask of the runs that did not converge or whose convergence is unknown."""
+    return ~runs["converged"].eq(True)
+
+
+def _bad_ids(runs: pd.DataFrame) -> set:
+    return set(runs.loc[not_converged(runs), "run_id"])
+
+
+def _convergence_notes(runs: pd.DataFrame, run_ids: Iterable[str], subject: str = "in this cell") -> list[str]:
+    """The † note (runs that did not converge, grouped by method) and, if any, the note on
+    verdicts judged from val_history.csv, for the runs ``run_ids``."""
+    sub = runs[runs["run_id"].isin(set(run_ids))]
+    bad = sub[not_converged(sub)].sort_values(["method", "dataset", "setting", "seed", "run_id"])
+    notes = []
+    if len(bad):
+        groups = []
+        for meth, g in bad.groupby("method", sort=True):
+            items = [f"{r.dataset}{'' if r.setting == 'full' else f' ({r.setting})'} seed {r.seed}: "
+                     f"{r.convergence}" for r in g.itertuples()]
+            if len(items) > 4:
+                items = items[:3] + [f"{len(items) - 3} more runs"]
+            groups.append(f"{meth} — " + ", ".join(items))
+        notes.append(f"{DAGGER} at least one run {subject} did not converge (see convergence in done.json): "
+                     + "; ".join(groups) + ".")
+    fb = sub[sub["convergence_source"] == "val_history"].groupby("method", sort=True).size()
+    if len(fb):
+        notes.append("Convergence judged from val_history.csv (mean loss per validation interval; these run "
+                     "folders have no per-step train_loss.csv): "
+                     + ", ".join(f"{m} ({n} run{'s' if n != 1 else ''})" for m, n in fb.items()) + ".")
+    return notes
+
+
+def _read_metrics(path: Path) -> pd.DataFrame | None:
+    try:
+        df = pd.read_csv(path / "metrics.csv", dtype={"case": str, "class_name": str, "domain": str,
+                                                     "split": str, "selection": str})
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    return df
+
+
+def _as_bool(s: pd.Series) -> pd.Series:
+    if s.dtype == bool:
+        return s
+    return s.astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"])
+
+
+def collect(results: Path, run_ids: Iterable[str] | None = None) -> Collection:
+    """Read run folders under ``<results>/runs`` (all, or just ``run_ids``)."""
+    results = Path(results)
+    runs_dir = results / "runs"
+    if run_ids is None:
+        paths = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    else:
+        paths = [runs_dir / r for r in run_ids]
+    rows, frames = [], []
+    for p in paths:
+        if not p.is_dir():
+            m = _RUN_ID_RE.match(p.name)
+            rows.append({"run_id": p.name, "dataset": m["dataset"] if m else None,
+                         "method": m["method"] if m else None, "setting": m["setting"] if m else None,
+                         "seed": int(m["seed"]) if m else None, "config": "", "state": "missing",
+                         "error": "no run folder", "path": str(p)})
+            continue
+        row = _read_run(p)
+        if row["state"] == "done":
+            df = _read_metrics(p)
+            if df is None or df.empty:
+                row["state"], row["error"] = "failed", "done.json but no metrics.csv"
+            else:
+                df["run_id"] = row["run_id"]          # the folder is the identity
+                frames.append(df)
+                for k in ("dataset", "method", "setting"):
+                    if row[k] is None and k in df:
+                        row[k] = str(df[k].iloc[0])
+                if row["seed"] is None and "seed" in df:
+                    row["seed"] = int(df["seed"].iloc[0])
+        rows.append(row)
+    runs = pd.DataFrame(rows, columns=_RUN_COLUMNS)
+    if frames:
+        metrics = pd.concat(frames, ignore_index=True)
+        for col in ("dataset", "method", "setting", "seed"):   # spec.json is authoritative
+            metrics[col] = metrics["run_id"].map(runs.set_index("run_id")[col])
+        metrics["gt_present"] = _as_bool(metrics["gt_present"]) & metrics["dice"].notna()
+        if "domain" not in metrics:
+            metrics["domain"] = ""
+        metrics["domain"] = metrics["domain"].fillna("")
+        if "class_name" not in metrics:
+            metrics["class_name"] = metrics["class"].astype(str)
+        metrics["class_name"] = metrics["class_name"].fillna(metrics["class"].astype(str))
+    else:
+        metrics = pd.DataFrame(columns=["run_id", "dataset", "method", "setting", "seed",
+                                        "selection", "split", "domain", "case", "class",
+                                        "class_name", "dice", "gt_present", "pred_present"])
+    return Collection(runs=runs, metrics=metrics, root=results)
+
+
+# ------------------------------------------------------------------------------------------
+# scores
+# ------------------------------------------------------------------------------------------
+def class_scores(metrics: pd.DataFrame, by: Sequence[str] = ("selection", "split")) -> pd.DataFrame:
+    """Per run and class: mean Dice over the cases with the class in the GT (NaN if none)."""
+    keys = ["run_id", *by, "class"]
+    m = metrics.assign(_d=metrics["dice"].where(metrics["gt_present"]))
+    g = m.groupby(keys, sort=True, dropna=False)
+    out = g.agg(dice=("_d", "mean"), n_present=("gt_present", "sum"),
+                class_name=("class_name", "first")).reset_index()
+    return out
+
+
+def run_scores(metrics: pd.DataFrame, by: Sequence[str] = ("selection", "split")) -> pd.DataFrame:
+    """Per run (and ``by`` keys): clean mean and reference-compatible mean Dice (0..1)."""
+    cs = class_scores(metrics, by)
+    keys = ["run_id", *by]
+    g = cs.groupby(keys, sort=True, dropna=False)
+    out = g.agg(dice=("dice", "mean"),                                 # NaN classes skipped
+                dice_refcompat=("dice", lambda s: s.fillna(0.0).mean()),
+                n_classes=("class", "size"),
+                n_classes_present=("dice", "count")).reset_index()
+    n_cases = metrics.groupby(keys, sort=True, dropna=False)["case"].nunique().rename("n_cases")
+    return out.merge(n_cases.reset_index(), on=keys, how="left")
+
+
+def _choose_selection(metrics: pd.DataFrame, run_id: str, prefer: Sequence[str]) -> str | None:
+    have = set(metrics.loc[metrics["run_id"] == run_id, "selection"].unique())
+    for s in prefer:
+        if s in have:
+            return s
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# run accounting: which runs a table is built from, which are missing / failed
+# ------------------------------------------------------------------------------------------
+def _refine_states(runs: pd.DataFrame) -> pd.DataFrame:
+    """'incomplete' -> running / stale / pending from the heartbeat (dgbench.rundir rules)."""
+    from dgbench.rundir import RunDir
+    runs = runs.copy()
+    for i in runs.index[runs["state"] == "incomplete"]:
+        st = RunDir(Path(runs.at[i, "path"])).state()
+        runs.at[i, "state"] = f"incomplete ({st})"
+    return runs
+
+
+@dataclass
+class Accounting:
+    used: list[str]                      # run ids averaged in the table
+    expected: int                        # size of the grid
+    grid: str                            # "2 datasets × 3 methods × 2 seeds"
+    missing: list[str]                   # grid cells without a folder
+    problems: list[str]                  # failed / incomplete / no-rows runs, one line each
+    config_notes: list[str]
+
+
+def _grid_accounting(runs: pd.DataFrame, cols: list[tuple[str, str]], methods: list[str],
+                     seeds: list[int], used: set[str], extra_problems: list[str],
+                     config_notes: list[str], col_label) -> Accounting:
+    known = runs.dropna(subset=["dataset", "method", "setting", "seed"])
+    in_cols = known[[(d, s) in set(cols) for d, s in zip(known["dataset"], known["setting"])]]
+    have = set(zip(in_cols["dataset"], in_cols["setting"], in_cols["method"], in_cols["seed"]))
+    missing = [f"{col_label((d, s))} / {m} / seed {sd}: no run folder"
+               for (d, s) in cols for m in methods for sd in seeds if (d, s, m, sd) not in have]
+    problems = []
+    for r in in_cols.sort_values(["dataset", "setting", "method", "seed", "run_id"]).itertuples():
+        if r.state != "done":
+            problems.append(f"{r.run_id}: {r.state}" + (f" — {r.error}" if isinstance(r.error, str) and r.error else ""))
+    problems += extra_problems
+    n_cols = len(cols)
+    grid = (f"{n_cols} column{'s' if n_cols != 1 else ''} × {len(methods)} method{'s' if len(methods) != 1 else ''}"
+            f" × {len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+    return Accounting(used=sorted(used), expected=n_cols * len(methods) * len(seeds), grid=grid,
+                      missing=missing, problems=problems, config_notes=config_notes)
+
+
+def _select_runs(col: Collection, selection: str, cols: list[tuple[str, str]]
+                 ) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Done runs in ``cols`` that have ``selection`` rows; one configuration per cell.
+
+    Returns (runs used, problem lines for done runs without rows, config notes)."""
+    runs = col.runs
+    done = runs[(runs["state"] == "done")
+                & pd.Series([(d, s) in set(cols) for d, s in zip(runs["dataset"], runs["setting"])],
+                            index=runs.index, dtype=bool)]
+    m = col.rows(selection, "val")
+    has = col.runs_with(selection)
+    problems = [f"{r}: done, but metrics.csv has no '{selection}' rows"
+                for r in sorted(set(done["run_id"]) - has)]
+    done = done[done["run_id"].isin(has)]
+    notes = []
+    keep = []
+    for (d, s, meth), g in done.groupby(["dataset", "setting", "method"], sort=True):
+        configs = sorted(g["config"].unique())
+        if len(configs) == 1:
+            keep.append(g)
+            continue
+        val = m[m["run_id"].isin(g["run_id"])]
+        sc = run_scores(val, by=("selection",)).set_index("run_id")["dice"] if len(val) else pd.Series(dtype=float)
+        per_cfg = g.assign(v=g["run_id"].map(sc)).groupby("config")["v"].mean()
+        if per_cfg.notna().any():
+            best = per_cfg.idxmax()
+            how = "best mean source-val Dice over seeds"
+        else:
+            best = configs[0]
+            how = "no source-val rows: first configuration in sort order"
+        keep.append(g[g["config"] == best])
+        notes.append(f"{d} / {s} / {meth}: {len(configs)} hyperparameter configurations, "
+                     f"kept the one with the {how}")
+    used = pd.concat(keep) if keep else done.iloc[0:0]
+    return used, problems, notes
