@@ -60,6 +60,10 @@ MAX_TAIL_SHARE = 0.10      # the tail line's drop must stay below 10% of the run
 TAIL_DROP_Z = 2.0          # ... or within 2 standard errors of the line's slope (noise)
 MAX_VAL_GAIN = 0.02        # source-val Dice may rise by less than 0.02 over the tail
 MIN_BEST_DICE = 0.05       # below this best source-val Dice the model predicts ~background only
+# Version of the rules above, stored with every verdict. Bump it whenever a rule or threshold
+# changes: readers recompute a recorded verdict of another version from the run's files
+# (dgbench.report), so no table shows a verdict made by rules that no longer hold.
+RULES = 2
 
 UNKNOWN_REASON = "convergence unknown: no train_loss.csv or val_history.csv in the run folder"
 
@@ -86,7 +90,7 @@ def verdict(train_loss: Sequence[float], val_history: Sequence[tuple[int, float]
     ``train_loss``: the loss of every step, in order (step 1 first); ``val_history``:
     (step, source-val mean Dice) per validation; ``total_steps``: the run's planned steps.
     Returns the four rule flags, ``converged`` (all four), ``reasons`` (one string per failed
-    rule) and the numbers behind them: initial_loss, final_loss, loss_tail_drop (the tail
+    rule), ``rules`` (RULES) and the numbers behind them: initial_loss, final_loss, loss_tail_drop (the tail
     line's drop as a share of the whole drop initial_loss - final_loss), loss_tail_drop_se,
     val_tail_gain, best_val_dice (None where undefined)."""
     loss = np.asarray(list(train_loss), dtype=float)
@@ -133,7 +137,7 @@ def verdict(train_loss: Sequence[float], val_history: Sequence[tuple[int, float]
         reasons.append(f"source-val Dice still rising ({gain:+.3f} over the last 20%)")
     if not learned:
         reasons.append(f"predicts (almost) only background: best source-val Dice {best:.3f}")
-    return {"converged": not reasons, "left_start": left_start, "loss_plateaued": loss_plateaued,
+    return {"rules": RULES, "converged": not reasons, "left_start": left_start, "loss_plateaued": loss_plateaued,
             "val_plateaued": val_plateaued, "learned": learned, "reasons": reasons,
             "initial_loss": _round(first), "final_loss": _round(last), "loss_tail_drop": _round(rel_drop),
             "loss_tail_drop_se": _round(rel_se),
@@ -169,7 +173,7 @@ def of_run(path: Path, total_steps: int | None = None) -> dict:
     rd = RunDir(Path(path))
     losses, hist = read_train_loss(rd.train_loss), read_val_history(rd.val_history)
     if not hist:
-        return {"converged": None, "reasons": [UNKNOWN_REASON], "source": "none"}
+        return {"rules": RULES, "converged": None, "reasons": [UNKNOWN_REASON], "source": "none"}
     total = int(total_steps or max(losses[-1][0] if losses else 0, hist[-1][0]))
     val = [(s, d) for s, _, d in hist]
     if losses and [s for s, _ in losses] == list(range(1, total + 1)):

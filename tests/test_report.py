@@ -295,11 +295,22 @@ def test_run_without_training_history_is_not_taken_for_converged(tmp_path):
 def test_verdict_recorded_in_done_json_is_used(tmp_path):
     spec = {"dataset": "synth", "method": "erm", "seed": 0, "setting": "full"}
     _write_run(tmp_path, "r0", spec, _rows("r0", "synth", "erm", 0, "source-val", {"a": 0.5}))   # converged files
-    recorded = {"converged": False, "reasons": ["training loss still falling (9.0% over the last 20% of steps)"],
-                "source": "train_loss"}
+    from dgbench.convergence import RULES
+    recorded = {"rules": RULES, "converged": False, "source": "train_loss",
+                "reasons": ["training loss still falling (19.0% of its drop in the last 20% of steps)"]}
     (tmp_path / "runs" / "r0" / "done.json").write_text(json.dumps({"steps": 10, "convergence": recorded}))
     row = collect(tmp_path).runs.iloc[0]
     assert row["converged"] == False and row["convergence"] == recorded["reasons"][0]  # noqa: E712 (numpy bool)
+
+
+def test_verdict_recorded_by_older_rules_is_recomputed_from_the_files(tmp_path):
+    spec = {"dataset": "synth", "method": "erm", "seed": 0, "setting": "full"}
+    _write_run(tmp_path, "r0", spec, _rows("r0", "synth", "erm", 0, "source-val", {"a": 0.5}))   # converged files
+    for old in ({"converged": False, "source": "train_loss", "reasons": ["training loss still falling (15.0% over "
+                 "the last 20% of steps)"]}, {"rules": 1, "converged": False, "source": "train_loss", "reasons": ["x"]}):
+        (tmp_path / "runs" / "r0" / "done.json").write_text(json.dumps({"steps": 10, "convergence": old}))
+        row = collect(tmp_path).runs.iloc[0]
+        assert row["converged"] == True and row["convergence_source"] == "train_loss"  # noqa: E712
 
 
 # -- figures ---------------------------------------------------------------------------------

@@ -99,13 +99,14 @@ def _read_run(path: Path) -> dict:
 def _run_convergence(path: Path, steps) -> dict:
     """converged (True / False / None = unknown), convergence (the reasons), convergence_source.
 
-    The verdict recorded in done.json at the end of training when there is one (reading a
-    250k-step train_loss.csv takes ~0.5 s); else computed from the files (older run folders)."""
+    The verdict recorded in done.json at the end of training when it was made by the current
+    rules (reading a 250k-step train_loss.csv takes ~0.5 s); else one computed from the files
+    (older run folders, or a verdict from rules that have changed since: convergence.RULES)."""
     from dgbench import convergence
     try:
         with open(path / "done.json") as f:
             v = json.load(f).get("convergence")
-        if not (isinstance(v, dict) and "converged" in v and "source" in v):
+        if not (isinstance(v, dict) and "converged" in v and "source" in v and v.get("rules") == convergence.RULES):
             v = convergence.of_run(path, int(steps) if steps else None)
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
         v = {"converged": None, "source": "none",
