@@ -54,9 +54,15 @@ def bench_specs(args) -> list:
         from dgbench.registry import METHODS, load_plugins
         load_plugins()
         methods = METHODS.names()
+    versus = args.versus.strip()
+    named = methods + ([versus] if versus and versus.lower() != "none" and versus not in methods else [])
+    for key, _ in args.hparam or []:
+        target, dot, _name = key.rpartition(".")
+        if dot and target not in named:
+            raise ValueError(f"--hparam {key}=...: {target!r} is not a method of this bench ({', '.join(named)}); "
+                             f"write METHOD.NAME=VALUE with one of them, or NAME=VALUE for every --method")
     specs = [resolve(args.dataset, m, seed=s, setting=args.setting, hparams=_hparams_for(m, args.hparam),
                      train=train) for m in methods for s in args.seeds]
-    versus = args.versus.strip()
     if versus.lower() != "none" and versus and versus not in methods:
         specs += [resolve(args.dataset, versus, seed=s, setting=args.setting, train=train,
                           hparams=_hparams_for(versus, args.hparam, unqualified=False)) for s in args.seeds]
@@ -197,11 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from dgbench.data.io import DataError
+    from dgbench.rundir import is_out_of_space
     try:
         return int(args.func(args) or 0)
     except (DataError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"dgbench {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not is_out_of_space(e):
+            raise
+        where = Path(e.filename).parent if e.filename else Path.cwd()
+        print(f"dgbench {args.command}: error: out of disk space writing {e.filename or '?'}; free space in "
+              f"{where} and run the command again (finished work is kept)", file=sys.stderr)
         return 2
 
 

@@ -15,7 +15,8 @@ Executors share one interface, ``.run(specs, results) -> {run_id: state}``:
 
 States returned besides the RunDir states: "busy" (another live process holds the run),
 "submitted" (Slurm, not waited for) and "interrupted" (the process ended without a final
-marker: killed worker, cancelled job; the next submission resumes it).
+marker: killed worker, cancelled job, full disk; the next submission resumes it). An "invalid"
+run (its spec.json does not hash to its id) is never run: the plan names it and the fix.
 
 The executor writes ``executor.json`` into a run folder ({"executor", "job_id", "host", "pid",
 "time"}): which Slurm job holds the run. It lets ``status`` name the job, lets a submission see
@@ -41,7 +42,7 @@ from typing import Any, Iterable
 import yaml
 
 from dgbench import __version__
-from dgbench.rundir import RunDir, STATES, atomic_write_json, read_json
+from dgbench.rundir import RUN_ID_RE, RunDir, STATES, atomic_write_json, read_json, to_json
 from dgbench.spec import RunSpec, parse_value
 
 EXECUTORS = ("inline", "local", "slurm")
@@ -119,6 +120,16 @@ def load_sweep(path: str | Path) -> dict:
 def sweep_specs(cfg: dict) -> list[RunSpec]:
     """The runs a sweep config means (see load_sweep), in order, without duplicates."""
     grids = cfg.get("grids") or [{}]
+    grid_methods = [as_list(grid.get("methods", cfg.get("methods"))) for grid in grids]
+    swept = set().union(*grid_methods)
+    stray = sorted(set(cfg.get("hparams") or {}) - swept)
+    for grid, methods in zip(grids, grid_methods):
+        stray += sorted(set(grid.get("hparams") or {}) - set(methods))
+    if stray:
+        raise ValueError(f"hyperparameters given for method(s) {sorted(set(stray))} that the sweep (or the grid "
+                         f"they are given in) does not run "
+                         f"(methods: {', '.join(sorted(swept)) or 'none'}); check the spelling of METHOD in "
+                         f"--hparam METHOD.NAME=VALUE or the sweep file's hparams")
     specs: dict[str, RunSpec] = {}
     for grid in grids:
         g = {k: cfg.get(k) for k in GRID_KEYS}
@@ -169,31 +180,21 @@ def slurm_job_states(job_ids: Iterable[str]) -> dict[str, str] | None:
 
 
 def holder_alive(rd: RunDir, squeue: dict[str, str] | None = None) -> bool:
-    """Is a process still working on this "running" run? Known for certain only when the lock
-    holder is on this host (pid check) or its Slurm job is known to squeue; otherwise the fresh
-    heartbeat is believed."""
-    lock = _read(rd.lock_file)
-    if lock is None:
-        return False                         # fresh heartbeat but nobody holds the lock
-    if lock.get("host") == socket.gethostname():
-        try:
-            os.kill(int(lock["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, KeyError, ValueError):
-            pass
-        return True
+    """Is a process still working on this run? RunDir.holder_alive, told by squeue whether the
+    holder's Slurm job (executor.json) still runs when the holder is on another host."""
+    job_alive = None
     job = (_read(rd.path / EXECUTOR_FILE) or {}).get("job_id")
     if job and squeue is not None:
         st = squeue.get(str(job))
-        return st is not None and st not in SLURM_ENDED
-    return True
+        job_alive = st is not None and st not in SLURM_ENDED
+    return rd.holder_alive(job_alive=job_alive)
 
 
 def plan_runs(specs: Iterable[RunSpec], results: str | Path, retry_failed: bool = False,
               now: float | None = None) -> list[tuple[RunSpec, str, str]]:
     """(spec, action, detail) per run. Actions: "run" (nothing yet), "resume" (a checkpoint
-    exists), "retry" (failed, retry_failed), "done", "failed", "running" (skipped)."""
+    exists), "retry" (failed, retry_failed), "done", "failed", "running", "invalid" (skipped;
+    detail: why and how to recover)."""
     specs = list(specs)
     rds = [RunDir.for_run(results, s.run_id) for s in specs]
     states = [rd.state(now=now) for rd in rds]
@@ -203,7 +204,9 @@ def plan_runs(specs: Iterable[RunSpec], results: str | Path, retry_failed: bool 
     plan = []
     for spec, rd, st in zip(specs, rds, states):
         hb = rd.heartbeat() or {}
-        if st == "done":
+        if st == "invalid":
+            plan.append((spec, "invalid", rd.spec_problem() or ""))
+        elif st == "done":
             plan.append((spec, "done", ""))
         elif st == "failed" and not retry_failed:
             plan.append((spec, "failed", rd.last_error() or ""))
@@ -220,7 +223,7 @@ def plan_runs(specs: Iterable[RunSpec], results: str | Path, retry_failed: bool 
 
 def format_plan(plan: list[tuple[RunSpec, str, str]], verbose: bool = True) -> str:
     counts = {a: sum(1 for _, act, _ in plan if act == a)
-              for a in ("run", "resume", "retry", "running", "done", "failed")}
+              for a in ("run", "resume", "retry", "running", "done", "failed", "invalid")}
     head = f"{len(plan)} runs: " + ", ".join(f"{n} {a}" for a, n in counts.items() if n)
     lines = [head]
     if verbose:
@@ -231,6 +234,8 @@ def format_plan(plan: list[tuple[RunSpec, str, str]], verbose: bool = True) -> s
         for spec, action, detail in plan:
             if action == "failed":
                 lines.append(f"  failed   {spec.run_id}  {detail}  (re-run with --retry-failed)")
+            elif action == "invalid":
+                lines.append(f"  invalid  {spec.run_id}  {detail}")
     return "\n".join(lines)
 
 
@@ -258,14 +263,21 @@ def _torch_version() -> str:
 
 
 def spec_from_file(path: str | Path) -> RunSpec:
-    """The RunSpec in a spec.json (as written by dgbench.train: {"spec": ...}, or a bare spec)."""
+    """The RunSpec in a spec.json (as written by dgbench.train: {"spec": ...}, or a bare spec).
+    Inside a run folder, the spec must be that folder's (RunDir.read_spec; RunFolderError if not)."""
+    path = Path(path)
+    if path.name == "spec.json" and path.parent.parent.name == "runs":
+        spec = RunDir(path.parent).read_spec()
+        if spec is None:
+            raise FileNotFoundError(f"{path}: no such file")
+        return RunSpec.from_dict(spec)
     data = read_json(path)
     return RunSpec.from_dict(data["spec"] if "spec" in data else data)
 
 
 def _final_state(rd: RunDir) -> str:
     st = rd.state()
-    return st if st in ("done", "failed") else "interrupted"
+    return st if st in ("done", "failed", "invalid") else "interrupted"
 
 
 class InlineExecutor:
@@ -509,9 +521,10 @@ def run_specs(specs: Iterable[RunSpec], results: str | Path, executor: str = "in
     """Run what is not done yet; {run_id: state} for every spec given.
 
     Done runs are skipped, unfinished ones resumed, failed ones reported as "failed" (and
-    re-run only with retry_failed), runs that a live process holds reported as "running"."""
+    re-run only with retry_failed), runs that a live process holds reported as "running", run
+    folders whose spec.json names another run reported as "invalid" (never run)."""
     plan = plan_runs(_unique(specs), results, retry_failed=retry_failed)
-    states = {s.run_id: act for s, act, _ in plan if act in ("done", "failed", "running")}
+    states = {s.run_id: act for s, act, _ in plan if act in ("done", "failed", "running", "invalid")}
     todo = [s for s, act, _ in plan if act in ("run", "resume", "retry")]
     for spec, act, _ in plan:
         if act == "retry":                   # the old marker goes; its text stays in the log
@@ -543,21 +556,25 @@ def collect_status(results: str | Path, now: float | None = None) -> list[dict]:
     for e in entries:
         rd = RunDir(Path(e.path))
         state = rd.state(now=now)
-        spec = _read(rd.spec_file) or {}
-        spec = spec.get("spec", spec)
+        if state == "invalid":               # the spec's labels are not to be trusted: the name's
+            m = RUN_ID_RE.match(e.name)
+            spec = m.groupdict() if m else {}
+        else:
+            spec = _read(rd.spec_file) or {}
+            spec = spec.get("spec", spec)
         row = {"run_id": e.name, "state": state, "dataset": spec.get("dataset", "?"),
                "method": spec.get("method", "?"), "setting": spec.get("setting", "?"),
                "seed": spec.get("seed", "?"), "step": None, "age_s": None, "host": None,
                "job_id": None, "error": None}
         if state == "failed":
             row["error"] = rd.last_error()
+        elif state == "invalid":
+            row["error"] = rd.spec_problem()
         elif state in ("running", "stale", "pending"):
             hb = rd.heartbeat() or {}
             row.update(step=hb.get("step"), host=hb.get("host"),
                        age_s=now - float(hb["time"]) if "time" in hb else None)
             row["job_id"] = (_read(rd.path / EXECUTOR_FILE) or {}).get("job_id")
-            if state == "running" and not holder_alive(rd):
-                row["error"] = "no live process holds the run (killed?)"
         rows.append(row)
     return rows
 
@@ -571,7 +588,8 @@ def _age(seconds: float | None) -> str:
 
 def format_status(rows: list[dict], results: str | Path = "", show_all: bool = False) -> str:
     counts = {st: sum(r["state"] == st for r in rows) for st in STATES}
-    out = [f"{results}: {len(rows)} runs - " + ", ".join(f"{st} {n}" for st, n in counts.items())]
+    states = [st for st in STATES if st != "invalid" or counts[st]]   # "invalid" only when there are some
+    out = [f"{results}: {len(rows)} runs - " + ", ".join(f"{st} {counts[st]}" for st in states)]
     if not rows:
         return out[0]
     groups: dict[tuple, dict[str, int]] = {}
@@ -582,18 +600,18 @@ def format_status(rows: list[dict], results: str | Path = "", show_all: bool = F
     w = [max(w[0], 7), max(w[1], 6), max(w[2], 7)]
     out.append("")
     out.append(f"{'dataset':<{w[0]}}  {'method':<{w[1]}}  {'setting':<{w[2]}}  "
-               + "  ".join(f"{st:>7}" for st in STATES))
+               + "  ".join(f"{st:>7}" for st in states))
     for k in sorted(groups):
         out.append(f"{k[0]:<{w[0]}}  {k[1]:<{w[1]}}  {k[2]:<{w[2]}}  "
-                   + "  ".join(f"{groups[k][st] or '.':>7}" for st in STATES))
-    shown = [r for r in rows if show_all or r["state"] in ("failed", "stale", "running")
+                   + "  ".join(f"{groups[k][st] or '.':>7}" for st in states))
+    shown = [r for r in rows if show_all or r["state"] in ("invalid", "failed", "stale", "running")
              or (r["state"] == "pending" and r["job_id"])]
     if shown:
         width = max(len(r["run_id"]) for r in shown)
         out.append("")
-        order = {st: i for i, st in enumerate(("failed", "stale", "running", "pending", "done"))}
+        order = {st: i for i, st in enumerate(("invalid", "failed", "stale", "running", "pending", "done"))}
         for r in sorted(shown, key=lambda r: (order[r["state"]], r["run_id"])):
-            if r["state"] == "failed":
+            if r["state"] in ("failed", "invalid"):
                 detail = r["error"] or "(no error recorded)"
             elif r["state"] in ("running", "stale"):
                 detail = (f"step {r['step']}, last heartbeat {_age(r['age_s'])} ago on {r['host']}"
@@ -708,7 +726,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         counts[st] = counts.get(st, 0) + 1
     print(f"{name}: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
           + f" ({time.time() - t0:.1f} s); `dgbench status --results {results}` for details")
-    return 1 if any(st in ("failed", "interrupted") for st in states.values()) else 0
+    return 1 if any(st in ("failed", "interrupted", "invalid") for st in states.values()) else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -716,7 +734,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.state:
         rows = [r for r in rows if r["state"] in args.state]
     if args.json:
-        print(json.dumps(rows, indent=1, default=str))
+        print(to_json(rows, indent=1))
     else:
         print(format_status(rows, args.results, show_all=args.all))
     return 0
@@ -732,13 +750,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         results = spec_file.parent.parent.parent
     else:
         raise SystemExit(f"{spec_file} is not inside <results>/runs/<run_id>/: give --results")
-    if spec_file.parent.parent.name == "runs" and spec_file.parent.name != spec.run_id:
-        print(f"warning: {spec_file} resolves to run id {spec.run_id}, not its folder's name "
-              f"{spec_file.parent.name}; running {spec.run_id}", file=sys.stderr)
     from dgbench.train import execute
     state = execute(spec, results)
     print(f"{spec.run_id}: {state}")
-    return {"done": 0, "failed": 1}.get(state, 3)
+    return {"done": 0, "failed": 1, "invalid": 2}.get(state, 3)
 
 
 def register_cli(subparsers) -> None:
@@ -771,8 +786,10 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "status", help="run states in a results folder",
         description="Counts and a table of runs by state (pending / running / stale / failed / "
-                    "done), read from the run folders; failed runs with their last error line, "
-                    "stale and running runs with their last heartbeat.")
+                    "done, and invalid: spec.json does not hash to the run id), read from the run "
+                    "folders. running = a live process holds the run; stale = not done and nothing "
+                    "alive holds it (interrupted; the next sweep resumes it). Failed and invalid runs "
+                    "with their error, stale and running runs with their last heartbeat.")
     p.add_argument("--results", default="results", help="results folder (default results)")
     p.add_argument("--state", action="append", choices=STATES, help="only runs in this state (repeatable)")
     p.add_argument("--all", action="store_true", help="list every run, done and pending too")
@@ -782,7 +799,8 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="run one run from its spec.json or run folder",
         description="Run (or resume) one run in this process from a spec.json file or a run "
-                    "folder <results>/runs/<run_id>. Exit status 0 done, 1 failed, 3 busy.")
+                    "folder <results>/runs/<run_id>. Exit status 0 done, 1 failed, 2 invalid "
+                    "(the folder's spec.json does not hash to its id), 3 busy or interrupted.")
     p.add_argument("path", help="spec.json or run folder")
     p.add_argument("--results", help="results folder (default: the one the run folder is in)")
     p.set_defaults(func=_cmd_run)

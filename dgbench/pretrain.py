@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgbench.models.anatomix import seeded_extractor_net
-from dgbench.rundir import atomic_write_bytes
+from dgbench.rundir import atomic_write_bytes, to_json
 
 # ---------------------------------------------------------------------------------------------
 # Procedural label maps
@@ -458,7 +458,7 @@ def save_extractor(result: dict, out_dir: Path, name: str, command: str,
         "recipe": "anatomix-style SupCon pretraining on procedural label maps "
                   "(dgbench/pretrain.py)",
     }
-    atomic_write_bytes(meta, (json.dumps(info, indent=2) + "\n").encode())
+    atomic_write_bytes(meta, (to_json(info, sort_keys=False) + "\n").encode())
     return pt, meta
 
 

@@ -2,13 +2,17 @@
 
 Layout of ``<results>/runs/<run_id>/``::
 
-    spec.json          the resolved RunSpec (RunSpec.to_dict) plus dgbench/torch versions
+    spec.json          the resolved RunSpec (RunSpec.to_dict) plus dgbench/torch versions; it must
+                       hash to the folder's name (read_spec), else the folder is "invalid"
     log.txt            human-readable training log (appended across resumes)
     heartbeat.json     {"time": <unix seconds>, "step": int, "host": str, "pid": int}; refreshed while training
-    lock               exists while a process trains this run: {"host", "pid", "time"}
+    lock               exists while a process trains this run: {"host", "pid", "time"}; it appears
+                       with its content in place (hard link of a complete temporary file)
+    .lock-guard        empty; flock'ed while a dead holder's lock is broken
     executor.json      who runs it: {"executor", "job_id", "host", "pid", "time"} (written by orchestrate)
     predictions/<case>.npz   image, label and pred of one target case per domain (for figures)
     checkpoints/last.pt, checkpoints/best.pt   full training state (model, optimiser, scheduler, step)
+    checkpoints/prev.pt  the checkpoint last.pt replaced: the fallback when last.pt is unreadable
     val_history.csv    step, loss, val_dice (source-val mean Dice) - one row per validation;
                        loss is the mean training loss since the previous validation
     train_loss.csv     step, loss - the training loss of every step, rewritten at each checkpoint
@@ -25,14 +29,27 @@ cases the reference used for validation; only for a table labelled as an oracle)
 is absent from the ground truth (``gt_present`` False; ``pred_present`` says whether the model
 predicted it anyway).
 
-All writes are atomic (temporary file + rename), so a killed process never leaves a half-written
-file that a reader would take for a finished one.
+All writes are atomic (a temporary ``.<name>.<pid>-<thread>.tmp`` + rename; the temporary file
+is removed when the write fails, e.g. on a full disk), so a killed process never leaves a
+half-written file that a reader would take for a finished one. Temporary files of a process
+killed mid-write are removed by the next process that takes the run's lock. JSON is strict
+(no NaN or Infinity: non-finite numbers are written as null).
+
+States (``RunDir.state``), one meaning each: done / failed (a final marker); invalid (spec.json
+does not hash to the run id); running (a live process holds the lock); stale (started - a
+heartbeat, lock or checkpoint exists - and no live process holds it: interrupted, resumable);
+pending (nothing started).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import math
 import os
+import re
 import socket
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -41,32 +58,73 @@ from typing import Any
 METRIC_COLUMNS = ["run_id", "dataset", "method", "setting", "seed", "selection", "split",
                   "domain", "case", "class", "class_name", "dice", "gt_present", "pred_present"]
 
-STATES = ("pending", "running", "stale", "failed", "done")
+STATES = ("pending", "running", "stale", "failed", "done", "invalid")
 HEARTBEAT_STALE_S = 600.0
+RUN_ID_RE = re.compile(r"^(?P<dataset>.+?)_(?P<method>.+)_(?P<setting>full|fewshot-\d+)_s(?P<seed>\d+)_[0-9a-f]{10}$")
+TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-\d+\.tmp$")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be trusted as it is. The message names the file and the fix."""
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all. On failure (a full disk, Ctrl-C) the temporary file is
+    removed and an OSError names ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.errno is not None and e.filename != str(path):
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = 2, sort_keys: bool = True) -> str:
+    """Strict JSON (RFC 8259), for every JSON file dgbench writes: NaN and +-Infinity, which
+    JSON has no words for, are written as null."""
+    return json.dumps(_finite(obj), indent=indent, sort_keys=sort_keys, default=str, allow_nan=False)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, to_json(obj) + "\n")
 
 
 def read_json(path: Path) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def is_out_of_space(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class RunDir:
@@ -84,6 +142,7 @@ class RunDir:
     lock_file = property(lambda self: self.path / "lock")
     ckpt_dir = property(lambda self: self.path / "checkpoints")
     last_ckpt = property(lambda self: self.path / "checkpoints" / "last.pt")
+    prev_ckpt = property(lambda self: self.path / "checkpoints" / "prev.pt")
     best_ckpt = property(lambda self: self.path / "checkpoints" / "best.pt")
     val_history = property(lambda self: self.path / "val_history.csv")
     train_loss = property(lambda self: self.path / "train_loss.csv")
@@ -91,24 +150,79 @@ class RunDir:
     done_file = property(lambda self: self.path / "done.json")
     failed_file = property(lambda self: self.path / "failed.json")
 
+    # spec ---------------------------------------------------------------------------------
+    def read_spec(self) -> dict | None:
+        """The spec in spec.json (the bare RunSpec dict), checked against the folder: None when
+        there is no spec.json yet; RunFolderError when it cannot be read or names another run.
+
+        A spec.json written by dgbench ({"run_id", "spec", ...}) must record the folder's name and,
+        when the name is a run id, hash to it. A hand-written bare spec must agree with the
+        dataset, method, setting and seed in the folder's name."""
+        from dgbench.spec import RunSpec
+        name = self.path.name
+        fix = (f"Its results cannot be trusted as labelled. To recover, restore the original spec.json, "
+               f"or move {self.path} out of {self.path.parent} and re-run: dgbench retrains the run under "
+               f"its true id.")
+        try:
+            data = read_json(self.spec_file)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (ValueError, OSError) as e:
+            raise RunFolderError(f"{self.spec_file}: unreadable ({e}). {fix}") from None
+        wrapped = isinstance(data, dict) and isinstance(data.get("spec"), dict)
+        spec = data["spec"] if wrapped else data
+        if not isinstance(spec, dict):
+            raise RunFolderError(f"{self.spec_file}: not a run spec. {fix}")
+        m = RUN_ID_RE.match(name)
+        if wrapped and "run_id" in data:
+            if data["run_id"] != name:
+                raise RunFolderError(f"{self.spec_file}: records run id {data['run_id']}, but the folder is "
+                                     f"named {name} (renamed or copied?). {fix}")
+            if m:
+                try:
+                    rid = RunSpec.from_dict(spec).run_id
+                except (KeyError, TypeError, ValueError) as e:
+                    raise RunFolderError(f"{self.spec_file}: not a valid run spec ({e}). {fix}") from None
+                if rid != name:
+                    raise RunFolderError(f"{self.spec_file}: the spec hashes to run id {rid}, not to its "
+                                         f"folder's name {name}: spec.json was edited. {fix}")
+        elif m:
+            have = {k: str(spec.get(k, "full" if k == "setting" else None)) for k in ("dataset", "method", "setting", "seed")}
+            want = {k: m[k] for k in have}
+            if have != want:
+                raise RunFolderError(f"{self.spec_file}: says {have}, but the folder's name says {want}. {fix}")
+        return spec
+
+    def spec_problem(self) -> str | None:
+        """Why spec.json cannot be trusted, or None."""
+        try:
+            self.read_spec()
+        except RunFolderError as e:
+            return str(e)
+        return None
+
     # state ------------------------------------------------------------------------------
     def state(self, now: float | None = None, stale_after: float = HEARTBEAT_STALE_S) -> str:
-        """pending / running / stale / failed / done, from the files alone."""
+        """pending / running / stale / failed / done / invalid, from the files alone (see the
+        module docstring). "running" means a live process holds the run, nothing less."""
+        if self.spec_problem() is not None:
+            return "invalid"
         if self.done_file.exists():
             return "done"
         if self.failed_file.exists():
             return "failed"
-        hb = self.heartbeat()
-        if hb is None:
-            return "pending"
-        now = time.time() if now is None else now
-        return "running" if now - float(hb.get("time", 0)) <= stale_after else "stale"
+        if self.holder_alive(now=now, stale_after=stale_after):
+            return "running"
+        if self.heartbeat_file.exists() or self.lock_file.exists() or self.last_ckpt.exists():
+            return "stale"
+        return "pending"
 
     def heartbeat(self) -> dict | None:
         try:
-            return read_json(self.heartbeat_file)
-        except (FileNotFoundError, json.JSONDecodeError):
+            hb = read_json(self.heartbeat_file)
+        except (OSError, ValueError):
             return None
+        return hb if isinstance(hb, dict) else None
 
     def beat(self, step: int) -> None:
         atomic_write_json(self.heartbeat_file, {"time": time.time(), "step": int(step),
@@ -135,46 +249,128 @@ class RunDir:
     def last_error(self) -> str | None:
         try:
             return read_json(self.failed_file)["error"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    # lock -------------------------------------------------------------------------------
-    def acquire_lock(self, stale_after: float = HEARTBEAT_STALE_S) -> bool:
-        """Take the run's lock (O_EXCL create). A lock whose heartbeat is stale is broken.
-
-        Returns False when another live process holds the run."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+    # checkpoints ------------------------------------------------------------------------
+    def write_checkpoint(self, data: bytes) -> None:
+        """checkpoints/last.pt <- data. The checkpoint it replaces stays as prev.pt (a hard link,
+        no copy), the fallback when last.pt turns out unreadable."""
+        if self.last_ckpt.exists():
+            tmp = _tmp_name(self.prev_ckpt)
             try:
-                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if self._lock_is_stale(stale_after):
-                    try:
-                        self.lock_file.unlink()
-                    except FileNotFoundError:
-                        pass
-                    continue
-                return False
-            with os.fdopen(fd, "w") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, f)
-            return True
-        return False
+                os.link(self.last_ckpt, tmp)
+                os.replace(tmp, self.prev_ckpt)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                if is_out_of_space(e):
+                    raise
+                atomic_write_bytes(self.prev_ckpt, self.last_ckpt.read_bytes())   # no hard links here
+        atomic_write_bytes(self.last_ckpt, data)
 
-    def _lock_is_stale(self, stale_after: float) -> bool:
+    def remove_temp_files(self) -> list[Path]:
+        """Remove the temporary files of writers killed mid-write. Call holding the lock: then only
+        a submitting process may still be writing spec.json or executor.json, and another taker
+        its lock file (spared while young)."""
+        removed = []
+        for folder in (self.path, self.ckpt_dir, self.path / "predictions"):
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for e in entries:
+                m = TMP_RE.match(e.name)
+                if not m or not e.is_file(follow_symlinks=False):
+                    continue
+                if m["name"] in ("spec.json", "executor.json", "lock"):
+                    try:
+                        if time.time() - e.stat().st_mtime < 60:
+                            continue
+                    except FileNotFoundError:
+                        continue
+                try:
+                    os.unlink(e.path)
+                    removed.append(Path(e.path))
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    # lock -------------------------------------------------------------------------------
+    def lock_info(self) -> dict | None:
+        """The lock's content; None without a lock. A lock that cannot be parsed gives
+        {"time": its modification time}: while fresh, it counts as held."""
         try:
             info = read_json(self.lock_file)
-        except (FileNotFoundError, json.JSONDecodeError):
-            return True
-        if info.get("host") == socket.gethostname():
+            if isinstance(info, dict):
+                return info
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError):
+            pass
+        try:
+            return {"time": self.lock_file.stat().st_mtime}
+        except FileNotFoundError:
+            return None
+
+    def holder_alive(self, now: float | None = None, stale_after: float = HEARTBEAT_STALE_S,
+                     job_alive: bool | None = None) -> bool:
+        """Does a live process hold this run's lock? A dead pid on this host says no for certain;
+        for a holder on another host, ``job_alive`` (from the scheduler) decides when known.
+        Otherwise the holder is believed alive while its lock or heartbeat is fresh."""
+        info = self.lock_info()
+        if info is None:
+            return False
+        if info.get("host") == socket.gethostname() and "pid" in info:
             try:
                 os.kill(int(info["pid"]), 0)
             except ProcessLookupError:
-                return True          # holder died on this host
-            except PermissionError:
+                return False
+            except (PermissionError, ValueError, TypeError, OverflowError):
                 pass
-        hb = self.heartbeat()
-        last = max(float(info.get("time", 0)), float(hb["time"]) if hb else 0.0)
-        return time.time() - last > stale_after
+        elif job_alive is not None:
+            return job_alive
+        hb = self.heartbeat() or {}
+        try:
+            last = max(float(info.get("time", 0)), float(hb.get("time", 0)))
+        except (TypeError, ValueError):
+            last = 0.0
+        return (time.time() if now is None else now) - last <= stale_after
+
+    def acquire_lock(self, stale_after: float = HEARTBEAT_STALE_S) -> bool:
+        """Take the run's lock; False when a live process holds it. Of several processes calling
+        at once exactly one wins: the lock appears with its content in place (a hard link of a
+        complete temporary file), and a dead holder's lock is broken under an flock on
+        .lock-guard, so that no breaker removes the lock another one has just taken."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self._create_lock():
+            return True
+        with open(self.path / ".lock-guard", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            if self.lock_file.exists() and not self.holder_alive(stale_after=stale_after):
+                self.lock_file.unlink(missing_ok=True)
+            return self._create_lock()
+
+    def _create_lock(self) -> bool:
+        data = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
+        tmp = _tmp_name(self.lock_file)
+        try:
+            tmp.write_text(data)
+            os.link(tmp, self.lock_file)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        try:                                 # a file system without hard links: O_EXCL, then the content
+            fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        return True
 
     def release_lock(self) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ SETTING_RE = re.compile(r"^(full|fewshot-(\d+))$")
 # The reference recipe's per-transform augmentation probability (methods.md §1.3). Methods with
 # their own pipelines (HeavyAug, BigAug) scale their published probabilities by aug_prob / this.
 REFERENCE_AUG_PROB = 0.33
+AMP_MODES = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,55 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["patch_size"] = list(self.patch_size)
         return d
+
+    def check(self) -> None:
+        """ValueError naming every option that cannot train (a run would otherwise write a "done"
+        folder for an untrained net, or die deep in the loop)."""
+        bad = [f"{k} must be a whole number >= 1, got {getattr(self, k)!r}"
+               for k in ("steps", "batch_size", "val_every", "ckpt_every", "sw_batch_size")
+               if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1)]
+        if not (isinstance(self.num_workers, int) and self.num_workers >= 0):
+            bad.append(f"num_workers must be a whole number >= 0, got {self.num_workers!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            bad.append(f"lr must be a positive number, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            bad.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for k in ("aug_prob", "fg_oversample"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                bad.append(f"{k} is a probability in [0, 1], got {getattr(self, k)!r}")
+        if not 0.0 <= self.sw_overlap < 1.0:
+            bad.append(f"sw_overlap must be in [0, 1), got {self.sw_overlap!r}")
+        if self.amp not in AMP_MODES:
+            bad.append(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            bad.append(f"patch_size must be three sides >= 1, got {list(self.patch_size)}")
+        else:
+            bad += self._backbone_problems()
+        if bad:
+            raise ValueError("training option(s): " + "; ".join(bad))
+
+    def _backbone_problems(self) -> list[str]:
+        import inspect
+        from dgbench.registry import BACKBONES
+        try:
+            cls = BACKBONES.get(self.backbone)
+        except KeyError as e:
+            return [str(e.args[0])]
+        if not isinstance(self.backbone_kwargs, dict):
+            return [f"backbone_kwargs must be a mapping, got {self.backbone_kwargs!r}"]
+        try:
+            inspect.signature(cls).bind(1, 1, **self.backbone_kwargs)
+        except TypeError as e:
+            return [f"backbone_kwargs {self.backbone_kwargs}: {e} for backbone {self.backbone!r}"]
+        rule = getattr(cls, "patch_rule", None)
+        if rule is None:
+            return []
+        multiple, smallest = rule(**self.backbone_kwargs)
+        if any(s % multiple or s < smallest for s in self.patch_size):
+            return [f"patch_size {list(self.patch_size)}: backbone {self.backbone!r} with {self.backbone_kwargs} "
+                    f"needs sides that are multiples of {multiple} and at least {smallest} (e.g. "
+                    f"{[max(smallest, -(-s // multiple) * multiple) for s in self.patch_size]}), or fewer levels"]
+        return []
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -128,6 +179,7 @@ def resolve(dataset: str, method: str, seed: int = 0, setting: str = "full",
     cls = METHODS.get(method)
     hp = cls.resolve_hparams(hparams)
     cfg = TrainConfig.from_dict({**adapter.train_defaults, **(train or {})})
+    cfg.check()
     split = adapter.split()
     spec = RunSpec(dataset=dataset, method=method, seed=int(seed), setting=setting, hparams=hp,
                    train=cfg, split_sha=split.sha1, method_revision=cls.revision)

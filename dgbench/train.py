@@ -24,7 +24,8 @@ from dgbench.evaluate import autocast, evaluate_cases, mean_dice
 from dgbench.method import MethodContext
 from dgbench.models.backbones import build_backbone
 from dgbench.registry import DATASETS, METHODS
-from dgbench.rundir import METRIC_COLUMNS, RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from dgbench.rundir import (METRIC_COLUMNS, RunDir, RunFolderError, atomic_write_bytes, atomic_write_json,
+                            atomic_write_text, is_out_of_space, read_json)
 from dgbench.spec import RunSpec
 
 log = logging.getLogger("dgbench")
@@ -54,6 +55,7 @@ class Trainer:
     def __init__(self, spec: RunSpec, rd: RunDir, device: torch.device | None = None, progress: bool = True):
         self.spec, self.rd, self.progress = spec, rd, progress
         self.cfg = spec.train
+        self.cfg.check()
         self.device = device or pick_device()
         self.amp = amp_dtype_for(self.cfg.amp, self.device)
         self.adapter = DATASETS.get(spec.dataset)()
@@ -101,10 +103,51 @@ class Trainer:
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
         torch.save(self.state(), buf)
-        atomic_write_bytes(path, buf.getvalue())
+        if path == self.rd.last_ckpt:
+            self.rd.write_checkpoint(buf.getvalue())      # keeps the one it replaces as prev.pt
+        else:
+            atomic_write_bytes(path, buf.getvalue())
 
-    def load(self, path: Path) -> None:
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+    def read_checkpoint(self, path: Path) -> dict:
+        """torch.load, with an error that names the file and the way out when it is unreadable."""
+        try:
+            ck = torch.load(path, map_location=self.device, weights_only=False)
+            if not isinstance(ck, dict) or "model" not in ck:
+                raise ValueError("not a dgbench checkpoint")
+            return ck
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first})") from e
+
+    def resume(self) -> bool:
+        """Load checkpoints/last.pt, or, when it is unreadable, the checkpoint it replaced (prev.pt)
+        with a line in the log. False when there is nothing to resume from."""
+        rd, bad = self.rd, []
+        for path in (rd.last_ckpt, rd.prev_ckpt):
+            if not path.exists():
+                continue
+            try:
+                ck = self.read_checkpoint(path)
+            except CheckpointError as e:
+                bad.append((path, e))
+                continue
+            self.load(path, ck)
+            if bad:
+                rd.log(f"{bad[0][1]}; resumed from the previous checkpoint {path.name} (step {self.step}) "
+                       f"and removed the unreadable one")
+                log.warning("run %s: %s; resuming from %s (step %d)", self.spec.run_id, bad[0][1], path, self.step)
+                for p, _ in bad:
+                    p.unlink(missing_ok=True)
+            return True
+        if bad:
+            files = " ".join(str(p) for p, _ in bad)
+            raise CheckpointError(f"{bad[0][1]}" + (f"; so is {bad[1][0].name}" if len(bad) > 1 else "")
+                                  + f". No readable checkpoint is left: delete it (rm {files}) to restart the "
+                                  f"run from step 0, then run it again.")
+        return False
+
+    def load(self, path: Path, ck: dict | None = None) -> None:
+        ck = self.read_checkpoint(path) if ck is None else ck
         if ck.get("run_id") != self.spec.run_id:
             raise RuntimeError(f"{path}: checkpoint belongs to run {ck.get('run_id')}, not {self.spec.run_id}.")
         self.net.load_state_dict(ck["model"])
@@ -124,8 +167,7 @@ class Trainer:
     def fit(self) -> None:
         from tqdm import tqdm
         cfg, rd = self.cfg, self.rd
-        if rd.last_ckpt.exists():
-            self.load(rd.last_ckpt)
+        if self.resume():
             rd.log(f"resumed from step {self.step}")
         self.net.train()
         sampler = range(self.step * cfg.batch_size, cfg.steps * cfg.batch_size)
@@ -210,8 +252,7 @@ class Trainer:
                                      self.amp, keep_predictions=keep, progress=self.progress)
         out = [dict(r, selection="last") for r in rows]
         if self.best_step not in (-1, self.step):   # else the last weights are the selected ones
-            ck = torch.load(self.rd.best_ckpt, map_location=self.device, weights_only=False)
-            self.net.load_state_dict(ck["model"])
+            self.net.load_state_dict(self.read_checkpoint(self.rd.best_ckpt)["model"])
             rows, preds = evaluate_cases(self.net, self.method, self.prepared, cases, self.cfg, self.device,
                                          self.amp, keep_predictions=keep, progress=self.progress)
         out += [dict(r, selection="source-val") for r in rows]
@@ -244,6 +285,10 @@ def write_spec(rd: RunDir, spec: RunSpec, extra: dict | None = None) -> None:
                                      "torch": torch.__version__, **(extra or {})})
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names the file."""
+
+
 class Heartbeat:
     """Refreshes heartbeat.json every `every` seconds from a thread while the run holds its lock,
     so data preparation, validation and evaluation never look stale to `status` or the lock."""
@@ -255,7 +300,10 @@ class Heartbeat:
 
     def _run(self):
         while not self._stop.wait(self.every):
-            self.rd.beat(self.step)
+            try:
+                self.rd.beat(self.step)
+            except OSError:          # a full disk: the loop reports it; the next beat tries again
+                pass
 
     def __enter__(self):
         hb = self.rd.heartbeat()
@@ -269,17 +317,38 @@ class Heartbeat:
 
 
 def execute(spec: RunSpec, results: Path, progress: bool = True, device: torch.device | None = None) -> str:
-    """Run one spec to the end in its run folder. Returns "done", "failed" or "busy"."""
+    """Run one spec to the end in its run folder. Returns "done", "failed", "busy" (a live
+    process holds the run), "invalid" (its folder's spec.json names another run; nothing is
+    touched) or "interrupted" (out of disk space: resumable once there is room)."""
     rd = RunDir.for_run(results, spec.run_id)
+    try:
+        rd.read_spec()
+    except RunFolderError as e:
+        log.error("run %s: %s", spec.run_id, e)
+        return "invalid"
     if rd.done_file.exists():
         return "done"
-    if not rd.acquire_lock():
-        return "busy"
     try:
-        with Heartbeat(rd) as hb:
-            return _execute_locked(spec, rd, hb, progress, device)
-    finally:
-        rd.release_lock()
+        if not rd.acquire_lock():
+            return "busy"
+        try:
+            rd.remove_temp_files()           # of a process killed mid-write
+            with Heartbeat(rd) as hb:
+                return _execute_locked(spec, rd, hb, progress, device)
+        finally:
+            rd.release_lock()
+    except OSError as e:
+        if not is_out_of_space(e):
+            raise
+        where = Path(e.filename).parent if e.filename else rd.path
+        msg = (f"run {spec.run_id}: out of disk space writing {e.filename or rd.path}; free space in {where} "
+               f"and run it again: it resumes from its last checkpoint")
+        log.error(msg)
+        try:
+            rd.log(msg)
+        except OSError:
+            pass
+        return "interrupted"
 
 
 def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, device) -> str:
@@ -296,8 +365,9 @@ def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, de
             rd.log(f"method info: {spec_extra}")
         trainer.fit()
         write_metrics(rd, trainer.final_metrics())
+        best = trainer.best_val if math.isfinite(trainer.best_val) else None   # no validation scored
         rd.mark_done({"wall_s": round(time.time() - t0, 2), "steps": trainer.step, "best_step": trainer.best_step,
-                      "best_val_dice": trainer.best_val, "device": str(trainer.device), **spec_extra,
+                      "best_val_dice": best, "device": str(trainer.device), **spec_extra,
                       "convergence": trainer.convergence})
         rd.log("done")
         return "done"
@@ -305,6 +375,8 @@ def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, de
         rd.log(f"interrupted ({type(e).__name__}); the next run of the same spec resumes from the last checkpoint")
         raise
     except Exception as e:  # recorded, never swallowed silently: failed.json keeps the traceback
+        if is_out_of_space(e):
+            raise                                  # not the run's fault: execute reports it, resumable
         rd.mark_failed(e)
         rd.log(f"failed: {type(e).__name__}: {e}")
         log.error("run %s failed: %s: %s (traceback in %s)", spec.run_id, type(e).__name__, e, rd.failed_file)

@@ -218,11 +218,22 @@ def test_status_of_a_missing_results_folder(tmp_path):
     assert "0 runs" in orch.format_status([], tmp_path)
 
 
-def test_status_flags_a_running_run_whose_process_died(tmp_path):
+def test_a_run_whose_process_died_is_stale_everywhere(tmp_path, capsys):
+    """One meaning of stale: not done and no live process holds it, however fresh its heartbeat."""
     spec = RunSpec(dataset="synth", method="erm", seed=0)
-    fake_run(tmp_path, spec, "running", step=3, pid=dead_pid())
+    fake_run(tmp_path, spec, "running", step=3, pid=dead_pid())        # heartbeat 1 s old, holder dead
     (row,) = orch.collect_status(tmp_path)
-    assert row["state"] == "running" and "no live process" in row["error"]
+    assert row["state"] == "stale" and row["error"] is None
+    assert cli("status", "--results", tmp_path, "--json") == 0
+    assert [r["state"] for r in json.loads(capsys.readouterr().out)] == ["stale"]
+    assert cli("status", "--results", tmp_path, "--state", "stale") == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"{tmp_path}: 1 runs - pending 0, running 0, stale 1")
+    assert re.search(rf"stale +{spec.run_id} +step 3", out)
+    assert cli("status", "--results", tmp_path, "--state", "running") == 0
+    assert "1 runs" not in capsys.readouterr().out
+    fake_run(tmp_path / "live", spec, "running", step=3)                # held by this live process
+    assert orch.collect_status(tmp_path / "live")[0]["state"] == "running"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ class PaperUNet(nn.Module):
             below = w
         self.head = nn.Conv3d(width, out_channels, 3, padding="same", padding_mode="reflect", bias=False)
 
+    @staticmethod
+    def patch_rule(levels: int = 5, **_) -> tuple[int, int]:
+        """(multiple, smallest side) of the patches this U-Net can take."""
+        return 2 ** levels, 2 ** (levels + 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         step = 2 ** self.levels
         if any(s % step or s // step < 2 for s in x.shape[2:]):
@@ -76,6 +81,11 @@ class DynUNetBackbone(nn.Module):
                            strides=[1] + [2] * (levels - 1), upsample_kernel_size=[2] * (levels - 1),
                            filters=filters, norm_name="instance", res_block=True)
         self.encoder_stages = nn.ModuleList([self.net.input_block, *self.net.downsamples])
+
+    @staticmethod
+    def patch_rule(levels: int = 5, **_) -> tuple[int, int]:
+        """(multiple, smallest side): levels - 1 stride-2 downsamplings."""
+        return 2 ** (levels - 1), 2 ** (levels - 1)
 
     @property
     def bottleneck(self) -> nn.Module:     # a property: no second name for it in the state_dict

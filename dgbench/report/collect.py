@@ -62,14 +62,11 @@ def _read_run(path: Path) -> dict:
     row = {"run_id": run_id, "dataset": None, "method": None, "setting": None, "seed": None,
            "config": "", "state": "pending", "error": None, "path": str(path),
            "converged": None, "convergence": "", "convergence_source": None}
-    spec = None
+    from dgbench.rundir import RunDir, RunFolderError
     try:
-        with open(path / "spec.json") as f:
-            spec = json.load(f)
-        if isinstance(spec, dict) and isinstance(spec.get("spec"), dict):
-            spec = spec["spec"]               # dgbench.train.write_spec: {"run_id", "spec", versions}
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
+        spec = RunDir(path).read_spec()       # checked: it must hash to the folder's run id
+    except RunFolderError as e:
+        spec, row["state"], row["error"] = None, "invalid", str(e)   # never tabulated under its labels
     if isinstance(spec, dict) and "dataset" in spec:
         row.update(dataset=spec.get("dataset"), method=spec.get("method"),
                    setting=spec.get("setting", "full"), seed=spec.get("seed"),
@@ -78,7 +75,9 @@ def _read_run(path: Path) -> dict:
         m = _RUN_ID_RE.match(run_id)
         if m:
             row.update(dataset=m["dataset"], method=m["method"], setting=m["setting"], seed=m["seed"])
-    if (path / "done.json").exists():
+    if row["state"] == "invalid":
+        pass
+    elif (path / "done.json").exists():
         row["state"] = "done"
         steps = (spec.get("train") or {}).get("steps") if isinstance(spec, dict) else None
         row.update(_run_convergence(path, steps))
