@@ -345,7 +345,11 @@ class RunDir:
         if self._create_lock():
             return True
         with open(self.path / ".lock-guard", "a") as guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX)
+            except OSError as e:             # no flock on this file system (some Lustre, FUSE mounts):
+                if e.errno not in (errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL):
+                    raise                    # break unguarded; two breakers may then race
             if self.lock_file.exists() and not self.holder_alive(stale_after=stale_after):
                 self.lock_file.unlink(missing_ok=True)
             return self._create_lock()

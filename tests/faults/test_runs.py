@@ -272,6 +272,18 @@ def test_lock_has_exactly_one_winner_among_four_simultaneous_takers(tmp_path):
     assert rd.acquire_lock() and json.loads(rd.lock_file.read_text())["pid"] == os.getpid()
 
 
+def test_a_dead_holders_lock_is_broken_where_flock_is_unsupported(tmp_path, monkeypatch):
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    atomic_write_json(rd.lock_file, {"host": socket.gethostname(), "pid": dead_pid(), "time": time.time()})
+
+    def no_flock(*args):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+    monkeypatch.setattr(rundir.fcntl, "flock", no_flock)
+    assert rd.acquire_lock() and json.loads(rd.lock_file.read_text())["pid"] == os.getpid()
+    assert not rd.acquire_lock()                     # held by a live process: this one
+
+
 # ---------------------------------------------------------------------------------------------
 # full disk
 # ---------------------------------------------------------------------------------------------
