@@ -66,14 +66,15 @@ def _write_case(root: Path, case_id: str, domain: str) -> None:
 def generate(root: Path, split) -> None:
     """Write every case of the split as NIfTI in the nnU-Net layout, then dataset.json last
     (its presence marks a complete folder)."""
-    from tqdm import tqdm
+    from dgbench.progress import progress
     root = Path(root)
     rows = [(c, "ct") for c in split.train + split.val]
     rows += [(c, d) for d, ids in split.test.items() for c in ids]
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-        list(tqdm(pool.map(_write_case, [root] * len(rows), *zip(*rows)), total=len(rows),
-                  desc="generating synth", unit="case", leave=False))
+        with progress(len(rows), "generating synth", "case") as bar:
+            for _ in pool.map(_write_case, [root] * len(rows), *zip(*rows)):
+                bar.update()
     with open(root / "domains.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["case", "domain"])

@@ -331,12 +331,15 @@ class LocalExecutor:
         queue, states = list(specs), {}
         free = list(range(self.workers))
         running: dict[Any, tuple[RunSpec, int]] = {}
-        from tqdm import tqdm
-        bar = tqdm(total=sum(s.train.steps for s in specs), desc=f"{len(specs)} runs, {self.workers} workers",
-                   unit="step", leave=False)
+        from dgbench.progress import progress
+
+        def steps_done() -> int:
+            return sum(_progress_steps(RunDir.for_run(results, s.run_id), s) for s in specs)
+        bar = progress(sum(s.train.steps for s in specs), f"{len(specs)} runs, {self.workers} workers", "step",
+                       initial=steps_done())      # steps done before this call do not count in the rate
         try:
             while queue or running:
-                bar.n = sum(_progress_steps(RunDir.for_run(results, s.run_id), s) for s in specs)
+                bar.n = steps_done()
                 bar.set_postfix(done=len(states))
                 bar.refresh()
                 while queue and free:

@@ -379,7 +379,7 @@ def test_run_command_runs_one_spec(tmp_path, synth_prepared, capsys):
 
 
 @pytest.mark.slow
-def test_local_pool_survives_a_killed_worker(tmp_path, synth_prepared):
+def test_local_pool_survives_a_killed_worker(tmp_path, synth_prepared, capfd):
     """Two workers run a sweep; one worker is SIGKILLed mid-run; re-running the sweep resumes that
     run from its checkpoint and leaves the finished one alone."""
     short = orch.expand(["synth"], ["erm"], seeds=[0], train=TINY)[0]
@@ -413,3 +413,5 @@ def test_local_pool_survives_a_killed_worker(tmp_path, synth_prepared):
     assert resumed and resumed[0] >= 4
     assert json.loads(rd_long.done_file.read_text())["steps"] == 60
     assert rd_long.metrics_file.exists()
+    err = capfd.readouterr().err                 # not a terminal: progress lines, no tqdm frames
+    assert "\r" not in err and re.search(r"^2 runs, 2 workers: \d+/\d+ step", err, re.M)

@@ -162,7 +162,7 @@ def prepare(adapter: DatasetAdapter, root: Path | None = None, workers: int = 1,
     """Validate and cache every case of the dataset's split. Resumable: finished cases are kept.
 
     Stops at the first bad case with a DataError naming its file; cases cached before it stay."""
-    from tqdm import tqdm
+    from dgbench.progress import progress as progress_bar
     root = Path(root) if root else adapter.default_root()
     adapter.ensure_raw(root)
     cases = adapter.find_cases(root)
@@ -196,7 +196,7 @@ def prepare(adapter: DatasetAdapter, root: Path | None = None, workers: int = 1,
             log.warning("%s: re-validating and re-caching case %s: %s", adapter.name, case_id, why)
             record.unlink(missing_ok=True)
     metas = []
-    bar = tqdm(total=len(todo), desc=f"prepare {adapter.name}", unit="case", disable=not progress, leave=False)
+    bar = progress_bar(len(todo), f"prepare {adapter.name}", "case", disable=not progress)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             for meta in pool.map(_prepare_one, todo):
