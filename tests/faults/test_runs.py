@@ -27,6 +27,7 @@ import torch
 
 from dgbench import orchestrate, rundir
 from dgbench.cli import main
+from test_orchestrate import dead_pid
 from dgbench.rundir import RunDir, atomic_write_json
 from dgbench.train import Trainer, execute
 
@@ -59,14 +60,6 @@ def forked(target, *args) -> mp.Process:
     p = FORK.Process(target=target, args=args)
     p.start()
     return p
-
-
-def dead_pid() -> int:
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return pid
 
 
 def strict_json(path: Path):
