@@ -52,14 +52,26 @@ def crop(vol: np.ndarray, start, size) -> np.ndarray:
     return out
 
 
+def crop_fast(vol: np.ndarray, start, size) -> np.ndarray:
+    """`crop`, with one copy (no zero-filled buffer) when the window lies inside the volume."""
+    if all(s >= 0 and s + n <= d for s, n, d in zip(start, size, vol.shape)):
+        return np.array(vol[tuple(slice(s, s + n) for s, n in zip(start, size))])
+    return crop(vol, start, size)
+
+
 class PatchDataset(torch.utils.data.Dataset):
-    """Map-style: item k = the k-th training sample of the run (k = step * batch + i)."""
+    """Map-style: item k = the k-th training sample of the run (k = step * batch + i).
+
+    With `transforms` None the loader only crops (train.aug_on = device): item k is the raw
+    crop (float32 image as cached, uint8 label) and its index k, which `device_aug` needs to
+    draw sample k's augmentation on the device."""
 
     def __init__(self, prepared: Prepared, case_ids: list[str], patch, seed: int, fg_prob: float,
-                 transforms: list, length: int):
+                 transforms: list | None, length: int):
         self.prepared, self.case_ids = prepared, list(case_ids)
         self.patch, self.seed, self.fg_prob, self.length = tuple(patch), seed, fg_prob, length
-        self.transform = T.Compose(transforms + [T.ScaleIntensityd(["image"], minv=0.0, maxv=1.0)])
+        self.transform = None if transforms is None else \
+            T.Compose(transforms + [T.ScaleIntensityd(["image"], minv=0.0, maxv=1.0)])
 
     def __len__(self) -> int:
         return self.length
@@ -76,6 +88,10 @@ class PatchDataset(torch.utils.data.Dataset):
             start = np.array([rng.integers(0, max(1, d - p + 1)) for d, p in zip(shape, patch)])
         # keep the window inside the volume where it fits (pad only volumes smaller than the patch)
         start = np.where(shape >= patch, np.clip(start, 0, shape - patch), (shape - patch) // 2)
+        if self.transform is None:
+            image = crop_fast(case.image, start, self.patch)[None].astype(np.float32, copy=False)
+            return {"image": torch.from_numpy(image),
+                    "label": torch.from_numpy(crop_fast(case.label, start, self.patch)[None]), "index": k}
         sample = {"image": crop(case.image, start, self.patch)[None].astype(np.float32),
                   "label": crop(case.label, start, self.patch)[None].astype(np.float32)}
         self.transform.set_random_state(seed=int(rng.integers(2 ** 31)))
