@@ -70,12 +70,9 @@ def bench_specs(args) -> list:
 
 
 def cmd_bench(args) -> int:
-    from dgbench import orchestrate, report
+    from dgbench import orchestrate, preflight, report
     specs = bench_specs(args)
     results = Path(args.results)
-    from dgbench.data.cache import ensure_prepared
-    from dgbench.registry import DATASETS
-    ensure_prepared(DATASETS.get(args.dataset)())    # once, here, before any worker needs it
     name, opts = orchestrate.executor_options(args)
     if args.executor is None and len(specs) > 1 and not _has_gpu():
         # CPU: one single-threaded worker per run, up to one more than the cores. Measured faster
@@ -83,6 +80,11 @@ def cmd_bench(args) -> int:
         name, opts = "local", {"workers": min(len(specs), (os.cpu_count() or 1) + 1), "threads": 1}
     if name == "slurm":
         opts["wait"] = True      # bench prints a table, so it waits for its runs
+    todo = [s for s, act, _ in orchestrate.plan_runs(specs, results) if act in orchestrate.TODO]
+    preflight.require(todo, name, opts)              # the sweep's checks: stops with every problem
+    from dgbench.data.cache import ensure_prepared
+    from dgbench.registry import DATASETS
+    ensure_prepared(DATASETS.get(args.dataset)())    # once, here, before any worker needs it (makes synth)
     t0 = time.time()
     states = orchestrate.run_specs(specs, results, executor=name, **opts)
     wall = time.time() - t0

@@ -54,6 +54,7 @@ GRID_KEYS = {"datasets", "methods", "settings", "seeds", "hparams", "train"}
 SLURM_ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
                "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT", "REVOKED", "SPECIAL_EXIT"}
 EXIT_FAILED, EXIT_BUSY = 10, 11          # local worker exit codes
+TODO = ("run", "resume", "retry")        # plan actions that run something
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,8 +118,16 @@ def load_sweep(path: str | Path) -> dict:
     return cfg
 
 
-def sweep_specs(cfg: dict) -> list[RunSpec]:
-    """The runs a sweep config means (see load_sweep), in order, without duplicates."""
+def sweep_datasets(cfg: dict) -> list[str]:
+    """Every dataset a sweep config names (top level and grids), in order."""
+    grids = cfg.get("grids") or [{}]
+    return list(dict.fromkeys(d for grid in grids for d in as_list(grid.get("datasets", cfg.get("datasets")))))
+
+
+def sweep_specs(cfg: dict, skip: Iterable[str] = ()) -> list[RunSpec]:
+    """The runs a sweep config means (see load_sweep), in order, without duplicates. Datasets in
+    ``skip`` are left out (the preflight has already reported why they cannot be specified)."""
+    skip = set(skip)
     grids = cfg.get("grids") or [{}]
     grid_methods = [as_list(grid.get("methods", cfg.get("methods"))) for grid in grids]
     swept = set().union(*grid_methods)
@@ -141,7 +150,8 @@ def sweep_specs(cfg: dict) -> list[RunSpec]:
         methods = as_list(g["methods"])
         if not as_list(g["datasets"]) or not methods:
             raise ValueError("a sweep needs datasets and methods")
-        for spec in expand(as_list(g["datasets"]), methods, as_list(g["settings"]) or ["full"],
+        datasets = [d for d in as_list(g["datasets"]) if d not in skip]
+        for spec in expand(datasets, methods, as_list(g["settings"]) or ["full"],
                            as_seeds(g["seeds"] if g["seeds"] is not None else 0),
                            {m: v for m, v in hp.items() if m in methods}, g["train"]):
             specs.setdefault(spec.run_id, spec)
@@ -528,7 +538,7 @@ def run_specs(specs: Iterable[RunSpec], results: str | Path, executor: str = "in
     folders whose spec.json names another run reported as "invalid" (never run)."""
     plan = plan_runs(_unique(specs), results, retry_failed=retry_failed)
     states = {s.run_id: act for s, act, _ in plan if act in ("done", "failed", "running", "invalid")}
-    todo = [s for s, act, _ in plan if act in ("run", "resume", "retry")]
+    todo = [s for s, act, _ in plan if act in TODO]
     for spec, act, _ in plan:
         if act == "retry":                   # the old marker goes; its text stays in the log
             rd = RunDir.for_run(results, spec.run_id)
@@ -716,12 +726,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         cfg.setdefault("hparams", {}).setdefault(method, {})[name] = value
     results = Path(args.results or cfg.get("results") or "results")
     retry = args.retry_failed or bool(cfg.get("retry_failed"))
-    specs = sweep_specs(cfg)
+    from dgbench import preflight
+    unusable = preflight.split_problems(sweep_datasets(cfg))
+    specs = sweep_specs(cfg, skip=unusable)
     plan = plan_runs(specs, results, retry_failed=retry)
     print(format_plan(plan, verbose=args.dry_run))
-    if args.dry_run:
-        return 0
     name, opts = executor_options(args, cfg)
+    todo = [s for s, act, _ in plan if act in TODO]
+    report = preflight.check(todo, name, opts, extra=unusable.values())
+    if args.dry_run:
+        print(report.format())
+        return 1 if report.problems else 0
+    if report.problems:
+        raise preflight.PreflightError(report.format())
     t0 = time.time()
     states = run_specs(specs, results, executor=name, retry_failed=retry, **opts)
     counts: dict[str, int] = {}
@@ -765,7 +782,9 @@ def register_cli(subparsers) -> None:
         description="Expand datasets x methods x settings x seeds (from flags or a YAML sweep "
                     "file; flags win) and run what is not done: done runs are skipped, "
                     "interrupted runs resume from their last checkpoint, failed runs are "
-                    "reported (re-run with --retry-failed).")
+                    "reported (re-run with --retry-failed). First a preflight checks what the runs "
+                    "need (datasets prepared in the jobs' cache, split checksums, extractor weights, "
+                    "executor options) and stops with every problem and its fix.")
     p.add_argument("--file", "-f", help="YAML sweep file (see sweeps/*.yaml)")
     p.add_argument("--datasets", help="comma-separated dataset names")
     p.add_argument("--methods", help="comma-separated method names")
@@ -782,7 +801,8 @@ def register_cli(subparsers) -> None:
                    help="method hyperparameter override (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="re-run failed runs too")
     p.add_argument("--dry-run", action="store_true",
-                   help="print what would run, what is done and what would resume; run nothing")
+                   help="print what would run, what is done and what would resume, and the preflight "
+                        "checks; run nothing (exit 1 when the preflight finds problems)")
     add_executor_args(p)
     p.set_defaults(func=_cmd_sweep)
 

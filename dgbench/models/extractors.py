@@ -199,9 +199,10 @@ def _check_sha(path: Path, expected: str, verify: bool, hint: str) -> tuple[str,
 
 def _anatomix_hint() -> str:
     return (f"Download {ANATOMIX_URL} (or Hugging Face neeldey/anatomix, file anatomix.pth) "
-            f"and either put it at {anatomix_cache_path()} (the cache; $DGBENCH_CACHE moves it) "
-            f"or set {ANATOMIX_ENV}=/path/to/anatomix.pth. Expected git blob SHA-1: "
-            f"{ANATOMIX_SHA1}.")
+            f"and either put it at {anatomix_cache_path()} (the cache; $DGBENCH_CACHE moves it), "
+            f"e.g. `curl -L --create-dirs -o {anatomix_cache_path()} {ANATOMIX_URL}`, "
+            f"or set {ANATOMIX_ENV}=/path/to/anatomix.pth (offline: copy model-weights/anatomix.pth "
+            f"from a clone of neel-dey/anatomix). Expected git blob SHA-1: {ANATOMIX_SHA1}.")
 
 
 def resolve_anatomix_weights(weights: str | Path | None = None, download: bool = True) -> Path:
@@ -245,6 +246,38 @@ def _anatomix(weights: str | Path | None = None, verify: bool = True) -> FrozenE
     if (net.num_downs, net.ngf, net.input_nc, net.output_nc) != (4, 16, 1, 16):
         raise ExtractorWeightsError(f"{path} is not an anatomix Unet(1, 16, num_downs=4, ngf=16)")
     return FrozenExtractor(net, "anatomix", sha, str(path), ok, trained_size=128)
+
+
+def check_weights(name: str, weights: str | Path | None = None) -> str:
+    """Resolve and verify the weights file that `build_extractor(name, weights)` would load, without
+    building the network and without downloading (a sweep's preflight: the file must be in place
+    before jobs start). Returns what was verified; raises ExtractorWeightsError (KeyError for an
+    unknown name, ValueError for a weights file given to a random control) with the fix."""
+    factory = EXTRACTORS.get(name)
+    if name == "anatomix":
+        path = resolve_anatomix_weights(weights, download=False)
+        sha, _ = _check_sha(path, ANATOMIX_SHA1, True, _anatomix_hint())
+        return f"{path} (git blob SHA-1 {sha[:12]}, verified)"
+    if name in BUNDLED_ARCH:
+        if weights is None:
+            path, meta = bundled_weights(name)
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise ExtractorWeightsError(f"weights file not found: {path}")
+            side = path.with_suffix(".json")
+            meta = json.loads(side.read_text()) if side.is_file() else {}
+        expected = meta.get("git_blob_sha1")
+        if not expected:
+            return f"{path} (no checksum beside it: runs record weights_verified=False)"
+        sha, _ = _check_sha(path, expected, True,
+                            f"Re-create it with: {meta.get('command', 'dgbench pretrain-features')}")
+        return f"{path} (git blob SHA-1 {sha[:12]}, verified)"
+    if name.endswith("-random") and name[:-len("-random")] in {"anatomix", *BUNDLED_ARCH}:
+        if weights is not None:
+            raise ValueError(f"{name} takes no weights file (got {weights})")
+        return "fixed-seed random weights (no file)"
+    return factory(weights=weights).metadata().get("weights_path") or "built"   # another plug-in
 
 
 def bundled_weights(name: str = BUNDLED) -> tuple[Path, dict]:
