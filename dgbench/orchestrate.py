@@ -726,7 +726,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         cfg.setdefault("hparams", {}).setdefault(method, {})[name] = value
     results = Path(args.results or cfg.get("results") or "results")
     retry = args.retry_failed or bool(cfg.get("retry_failed"))
-    from dgbench import preflight
+    from dgbench import cost, preflight
+    table = cost.load_table(args.cost_table) if args.dry_run else None   # a bad file fails first
     unusable = preflight.split_problems(sweep_datasets(cfg))
     specs = sweep_specs(cfg, skip=unusable)
     plan = plan_runs(specs, results, retry_failed=retry)
@@ -736,6 +737,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     report = preflight.check(todo, name, opts, extra=unusable.values())
     if args.dry_run:
         print(report.format())
+        left = [(s, s.train.steps - _progress_steps(RunDir.for_run(results, s.run_id), s)) for s in todo]
+        print(cost.estimate(specs, left, table).format())
         return 1 if report.problems else 0
     if report.problems:
         raise preflight.PreflightError(report.format())
@@ -801,8 +804,11 @@ def register_cli(subparsers) -> None:
                    help="method hyperparameter override (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="re-run failed runs too")
     p.add_argument("--dry-run", action="store_true",
-                   help="print what would run, what is done and what would resume, and the preflight "
-                        "checks; run nothing (exit 1 when the preflight finds problems)")
+                   help="print what would run, what is done and what would resume, the preflight checks "
+                        "and the estimated cost; run nothing (exit 1 when the preflight finds problems)")
+    p.add_argument("--cost-table", dest="cost_table", metavar="FILE",
+                   help="step times for the --dry-run cost estimate, replacing dgbench/costs.yaml "
+                        "(default: $DGBENCH_COST_TABLE, else that file)")
     add_executor_args(p)
     p.set_defaults(func=_cmd_sweep)
 

@@ -1,7 +1,7 @@
 # Sweeps and executors (included by the Makefile; uses its BIN, STAMP, RESULTS, EXECUTOR).
 #   make sweep SWEEP=sweeps/paper.yaml [EXECUTOR=local WORKERS=2 GPUS=0,1]
 #   make sweep SWEEP=sweeps/paper.yaml EXECUTOR=slurm PARTITION=gpu GPUS_PER_RUN=1 TIME=1440
-#   make sweep SWEEP=sweeps/paper.yaml DRY_RUN=1      # what is done / would run / would resume
+#   make sweep SWEEP=sweeps/paper.yaml DRY_RUN=1      # the plan, the preflight checks, the cost estimate
 #   make bench ... EXECUTOR=slurm PARTITION=gpu       # bench passes $(EXECUTOR_ARGS)
 # Values given here override the sweep file; unset ones leave it alone.
 SWEEP         ?= sweeps/smoke.yaml

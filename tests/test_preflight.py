@@ -1,5 +1,5 @@
-"""Preflight (dgbench.preflight): one test per kind of problem, on tiny fake setups (the `folder`
-dataset, small fake weights files, a faked `sinfo`)."""
+"""Preflight (dgbench.preflight) and the cost estimate (dgbench.cost): one test per kind of problem,
+on tiny fake setups (the `folder` dataset, small fake weights files, a faked `sinfo`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,14 +7,16 @@ import json
 import re
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from dgbench import preflight
+from dgbench import cost, preflight
 from dgbench.cli import main
 from dgbench.models import extractors as ex
 from dgbench.orchestrate import expand
 from test_datasets import env, make_folder  # noqa: F401  (env is a fixture)
+from test_orchestrate import fake_run
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_CLUSTER = {"gpu": {"default": True, "max_minutes": 2880, "gpus": True},
@@ -27,6 +29,7 @@ def isolated(env, monkeypatch):
     """Own cache and splits (env), no anatomix weights anywhere, no network, a Slurm cluster with a
     default GPU partition."""
     monkeypatch.delenv(ex.ANATOMIX_ENV, raising=False)
+    monkeypatch.delenv(cost.COST_ENV, raising=False)
 
     def no_network(*a, **k):
         raise AssertionError("the preflight must not download anything")
@@ -70,6 +73,7 @@ def test_paper_sweep_dry_run_lists_exactly_the_missing_data_and_weights(isolated
     anatomix = isolated / "cache" / "anatomix" / "anatomix.pth"
     assert f"curl -L --create-dirs -o {anatomix} {ex.ANATOMIX_URL}" in out and ex.ANATOMIX_ENV in out
     assert "slurm: gpu (default), 1440 min, 1 GPU(s) per run" in out
+    assert re.search(r"^  estimated: [\d,.]+ GPU-h for \d+ of the 252 runs to run", out, re.M)
     assert not (isolated / "cache" / "prepared").exists() and not anatomix.exists()   # checked, not made
     assert not results.exists()
 
@@ -259,3 +263,74 @@ def test_local_gpus_that_do_not_exist(monkeypatch):
     assert preflight.check_executor("local", {"gpus": "0"})[0] == []
     (p,), _ = preflight.check_executor("local", {"workers": 0})
     assert "workers 0 is not a whole number >= 1" in p.what
+
+
+# ---------------------------------------------------------------------------------------------
+# cost
+# ---------------------------------------------------------------------------------------------
+TABLE = """gpu: Test GPU
+rows:
+  - {patch: [32, 32, 32], batch: 2, backbone: unet, backbone_kwargs: {width: 8, levels: 3}, amp: bf16,
+     eager_ms: 360, compiled_ms: 180, source: "made up for the test"}
+extractor_overhead: {eager: 0.5, source: "also made up"}
+"""
+
+
+def test_step_mode_follows_train_compile():
+    assert cost.step_mode(SimpleNamespace(train=SimpleNamespace(compile="auto"))) == "compiled"
+    assert cost.step_mode(SimpleNamespace(train=SimpleNamespace(compile="on"))) == "compiled"
+    assert cost.step_mode(SimpleNamespace(train=SimpleNamespace(compile="off"))) == "eager"
+    assert cost.step_mode(SimpleNamespace(train=SimpleNamespace())) == "eager"     # a dgbench without compile
+
+
+def test_cost_arithmetic_on_a_small_grid(isolated, tmp_path, capsys, monkeypatch):
+    table = tmp_path / "my-gpu.yaml"
+    table.write_text(TABLE)
+    results = tmp_path / "results"
+    erm = expand(["synth"], ["erm"], seeds=range(3), train={"steps": 1000})
+    fake_run(results, erm[0], "done")
+    fake_run(results, erm[1], "stale", step=400, age=3600, ckpt=True)          # resumes: 600 steps left
+    argv = ["sweep", "--datasets", "synth", "--methods", "erm,maskgen", "--seeds", "0-2", "--steps", "1000",
+            "--results", str(results), "--dry-run"]
+    assert main(argv + ["--cost-table", str(table)]) == 0
+    out = capsys.readouterr().out
+    mode = cost.step_mode(erm[0])
+    ms = {"eager": 360, "compiled": 180}[mode]
+    net = "(unet width 8 levels 3, bf16)"             # not the paper's network: named in the label
+    assert "  grid: 6 runs, 6,000 training steps; to run: 5 runs, 4,600 steps" in out
+    assert (f"  32x32x32 batch 2 {mode} {net}, {ms:.1f} ms/step: 2 runs (synth), 1,600 steps = "
+            f"{ms * 1600 / 3.6e6:,.1f} GPU-h") in out
+    assert f"source: 32x32x32 batch 2 {mode} {ms} ms: made up for the test" in out
+    if mode == "eager":                  # +50% with a frozen extractor: 540 ms x 3000 steps
+        assert (f"  32x32x32 batch 2 eager {net} + frozen extractor, 540.0 ms/step: 3 runs (synth), 3,000 steps "
+                f"= 0.5 GPU-h") in out
+        assert "  estimated: 0.6 GPU-h for 5 of the 5 runs to run" in out
+    else:                                # no compiled overhead was measured: never invented
+        assert (f"no compiled frozen-extractor overhead was measured: 32x32x32 batch 2 compiled {net} + frozen "
+                f"extractor (synth, 3 runs)") in out
+        assert "  estimated: 0.1 GPU-h for 2 of the 5 runs to run" in out
+    # the same table through the environment; a crop without a row is named, not estimated
+    monkeypatch.setenv(cost.COST_ENV, str(table))
+    assert main(argv + ["--train", "patch_size=[48,48,48]"]) == 0
+    out = capsys.readouterr().out
+    assert "Test GPU" in out and "  estimated: 0.0 GPU-h for 0 of the 6 runs to run" in out
+    assert f"no row for this crop, batch, network and precision: 48x48x48 batch 2 {mode} {net} (synth, 6 runs)" in out
+
+
+def test_committed_table_states_its_sources():
+    table = cost.load_table(cost.DEFAULT_TABLE)
+    rows = {tuple(r["patch"]): r for r in table["rows"]}
+    assert (rows[(128, 128, 128)]["eager_ms"], rows[(128, 128, 128)]["compiled_ms"]) == (219, 99)
+    assert (rows[(192, 192, 128)]["eager_ms"], rows[(192, 192, 128)]["compiled_ms"]) == (487, 340)
+    assert table["extractor_overhead"]["eager"] == 0.24 and "compiled" not in table["extractor_overhead"]
+    for source in [r["source"] for r in rows.values()] + [table["extractor_overhead"]["source"]]:
+        assert "H100 with synthetic tensors on the GPU, paper U-Net, bf16" in source
+
+
+def test_bad_cost_table_is_named(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text("rows:\n  - {patch: [1, 2], batch: 4}\n")
+    with pytest.raises(ValueError, match=rf"cost table {re.escape(str(bad))}: row 1 lacks"):
+        cost.load_table(bad)
+    with pytest.raises(ValueError, match="not found"):
+        cost.load_table(tmp_path / "none.yaml")
