@@ -111,8 +111,11 @@ def test_sweep_file_with_grids(tmp_path):
         "executor": "local", "local": {"workers": 2}}))
     cfg = orch.load_sweep(path)
     specs = orch.sweep_specs(cfg)
+    from dgbench.registry import DATASETS
+    default_lr = DATASETS.get("synth").train_defaults["lr"]     # the dataset's recipe, not the sweep's
+    assert default_lr != 0.1
     assert [(s.setting, s.seed, s.train.steps, s.train.lr) for s in specs] == [
-        ("full", 0, 9, specs[0].train.lr), ("full", 1, 9, specs[0].train.lr), ("fewshot-3", 5, 9, 0.1)]
+        ("full", 0, 9, default_lr), ("full", 1, 9, default_lr), ("fewshot-3", 5, 9, 0.1)]
     bad = tmp_path / "bad.yaml"
     bad.write_text("datasets: [synth]\nmethods: [erm]\nseed: 1\n")
     with pytest.raises(ValueError, match="unknown key"):
@@ -187,7 +190,7 @@ def test_dry_run_prints_and_runs_nothing(tmp_path, capsys):
     assert re.search(rf"retry +{s[1].run_id}", capsys.readouterr().out)
 
 
-def test_status_over_300_fake_folders_is_fast(tmp_path, capsys):
+def test_status_over_300_fake_folders(tmp_path, capsys):
     specs = [RunSpec(dataset=d, method=m, seed=sd) for d in ("synth", "amos", "brats", "hvsmr", "topcow")
              for m in ("erm", "maskgen", "gin", "dsu", "mixstyle", "randconv", "slaug", "bigaug",
                        "heavyaug", "advbias") for sd in range(6)]
@@ -196,11 +199,8 @@ def test_status_over_300_fake_folders_is_fast(tmp_path, capsys):
     for i, spec in enumerate(specs):
         kind = kinds[i % len(kinds)]
         fake_run(tmp_path, spec, kind, step=i, age=7300 if kind == "stale" else 2.0)
-    t0 = time.perf_counter()
-    rows = orch.collect_status(tmp_path)
+    rows = orch.collect_status(tmp_path)          # its speed: benchmarks/orchestrate_speed.py
     table = orch.format_status(rows, tmp_path)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 2.0, f"status over 300 folders took {elapsed:.2f} s"
     assert table.splitlines()[0] == f"{tmp_path}: 300 runs - pending 30, running 30, stale 30, failed 30, done 180"
     failed = [r for r in rows if r["state"] == "failed"]
     assert all(r["error"] == "ValueError: loss is nan at step 3" for r in failed)
