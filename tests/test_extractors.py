@@ -221,3 +221,14 @@ def test_bundled_file_of_another_architecture_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(ex.ExtractorWeightsError, match="is not the synthanat-v2 architecture"):
         ex.build_extractor("synthanat-v2")
+
+
+def test_one_cache_folder_for_data_and_weights_even_when_the_variable_is_empty(monkeypatch, tmp_path):
+    from dgbench.data.adapter import cache_dir
+    from dgbench.models.extractors import anatomix_cache_path
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DGBENCH_CACHE", "")
+    assert cache_dir() == tmp_path / ".cache" / "dgbench"
+    assert anatomix_cache_path().parent.parent == cache_dir()
+    monkeypatch.setenv("DGBENCH_CACHE", str(tmp_path / "c"))
+    assert anatomix_cache_path() == tmp_path / "c" / "anatomix" / "anatomix.pth"

@@ -22,7 +22,8 @@ def splits_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DGBENCH_CACHE", Path.home() / ".cache" / "dgbench"))
+    """The data and weights cache: $DGBENCH_CACHE, or ~/.cache/dgbench when unset or empty."""
+    return Path(os.environ.get("DGBENCH_CACHE") or Path.home() / ".cache" / "dgbench")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dgbench.data.adapter import cache_dir
 from dgbench.models.anatomix import Unet, seeded_extractor_net, strip_wrappers
 from dgbench.registry import EXTRACTORS, register_extractor
 
@@ -56,10 +57,6 @@ def git_blob_sha1(data_or_path: bytes | str | Path) -> str:
     """SHA-1 of `b"blob <size>\\0" + content` - what `git hash-object` prints (not sha1sum)."""
     data = data_or_path if isinstance(data_or_path, bytes) else Path(data_or_path).read_bytes()
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DGBENCH_CACHE") or Path.home() / ".cache" / "dgbench")
 
 
 def anatomix_cache_path() -> Path:
