@@ -213,6 +213,12 @@ def test_bundled_extractor_passes_and_unknown_or_corrupt_ones_do_not(isolated, t
     (p,) = preflight.check(expand(["synth"], ["maskgen"], hparams={
         "maskgen": {"extractor": "synthanat-v2", "extractor_weights": str(copy)}})).problems
     assert f"weights file {copy} has git blob SHA-1" in p.what
+    random = {"extractor": "anatomix-random"}
+    report = preflight.check(expand(["synth"], ["maskgen"], hparams={"maskgen": random}))
+    assert report.problems == [] and "extractor anatomix-random: no weights file" in report.format()
+    (p,) = preflight.check(expand(["synth"], ["maskgen"], hparams={
+        "maskgen": {**random, "extractor_weights": str(copy)}})).problems
+    assert p.what.endswith("anatomix-random takes no weights file")
 
 
 # ---------------------------------------------------------------------------------------------

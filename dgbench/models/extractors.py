@@ -247,34 +247,19 @@ def _anatomix(weights: str | Path | None = None, verify: bool = True) -> FrozenE
 
 def check_weights(name: str, weights: str | Path | None = None) -> str:
     """Resolve and verify the weights file that `build_extractor(name, weights)` would load, without
-    building the network and without downloading (a sweep's preflight: the file must be in place
-    before jobs start). Returns what was verified; raises ExtractorWeightsError (KeyError for an
-    unknown name, ValueError for a weights file given to a random control) with the fix."""
+    downloading (a sweep's preflight: the file must be in place before jobs start) and, for anatomix
+    and the bundled extractors, without building the network. Returns what was verified; raises
+    ExtractorWeightsError (KeyError for an unknown name, ValueError for a weights file given to a
+    random control) with the fix."""
     factory = EXTRACTORS.get(name)
     if name == "anatomix":
         path = resolve_anatomix_weights(weights, download=False)
-        sha, _ = _check_sha(path, ANATOMIX_SHA1, True, _anatomix_hint())
-        return f"{path} (git blob SHA-1 {sha[:12]}, verified)"
-    if name in BUNDLED_ARCH:
-        if weights is None:
-            path, meta = bundled_weights(name)
-        else:
-            path = Path(weights)
-            if not path.is_file():
-                raise ExtractorWeightsError(f"weights file not found: {path}")
-            side = path.with_suffix(".json")
-            meta = json.loads(side.read_text()) if side.is_file() else {}
-        expected = meta.get("git_blob_sha1")
-        if not expected:
-            return f"{path} (no checksum beside it: runs record weights_verified=False)"
-        sha, _ = _check_sha(path, expected, True,
-                            f"Re-create it with: {meta.get('command', 'dgbench pretrain-features')}")
-        return f"{path} (git blob SHA-1 {sha[:12]}, verified)"
-    if name.endswith("-random") and name[:-len("-random")] in {"anatomix", *BUNDLED_ARCH}:
-        if weights is not None:
-            raise ValueError(f"{name} takes no weights file (got {weights})")
-        return "fixed-seed random weights (no file)"
-    return factory(weights=weights).metadata().get("weights_path") or "built"   # another plug-in
+        sha, ok = _check_sha(path, ANATOMIX_SHA1, True, _anatomix_hint())
+    elif name in BUNDLED_ARCH:
+        path, _, sha, ok = _bundled_file(name, weights, verify=True)
+    else:                                    # random controls (cheap) and plug-ins: built
+        return factory(weights=weights).metadata().get("weights_path") or "no weights file"
+    return f"{path} (git blob SHA-1 {sha[:12]}, " + ("verified)" if ok else "no checksum beside it: not verified)")
 
 
 def bundled_weights(name: str = BUNDLED) -> tuple[Path, dict]:
@@ -286,24 +271,31 @@ def bundled_weights(name: str = BUNDLED) -> tuple[Path, dict]:
     return pt, json.loads(meta.read_text())
 
 
+def _bundled_file(name: str, weights: str | Path | None, verify: bool) -> tuple[Path, dict, str, bool]:
+    """(path, sidecar metadata, git blob SHA-1, verified) of the file a bundled extractor loads: its
+    own by default; `weights` may name any `pretrain-features` output, whose JSON sidecar (same
+    stem) supplies the checksum (unverified without one)."""
+    if weights is None:
+        path, meta = bundled_weights(name)
+    else:
+        path = Path(weights)
+        side = path.with_suffix(".json")
+        if not path.is_file():
+            raise ExtractorWeightsError(f"weights file not found: {path}")
+        meta = json.loads(side.read_text()) if side.is_file() else {}
+    expected = meta.get("git_blob_sha1")
+    if expected:
+        sha, ok = _check_sha(path, expected, verify,
+                             f"Re-create it with: {meta.get('command', 'dgbench pretrain-features')}")
+    else:
+        sha, ok = git_blob_sha1(path), False
+    return path, meta, sha, ok
+
+
 def _bundled(name: str):
-    """Factory for a bundled extractor: its own weights by default; `weights` may name any
-    `pretrain-features` output, whose JSON sidecar (same stem) supplies checksum and norm eps."""
+    """Factory for a bundled extractor (see _bundled_file); the sidecar also supplies the norm eps."""
     def factory(weights: str | Path | None = None, verify: bool = True) -> FrozenExtractor:
-        if weights is None:
-            path, meta = bundled_weights(name)
-        else:
-            path = Path(weights)
-            side = path.with_suffix(".json")
-            if not path.is_file():
-                raise ExtractorWeightsError(f"weights file not found: {path}")
-            meta = json.loads(side.read_text()) if side.is_file() else {}
-        expected = meta.get("git_blob_sha1")
-        if expected:
-            sha, ok = _check_sha(path, expected, verify,
-                                 f"Re-create it with: {meta.get('command', 'dgbench pretrain-features')}")
-        else:
-            sha, ok = git_blob_sha1(path), False
+        path, meta, sha, ok = _bundled_file(name, weights, verify)
         eps = meta.get("architecture", {}).get("norm_eps", 1e-5)
         net = unet_from_state(load_state(path), norm_eps=eps)
         arch = BUNDLED_ARCH[name]
