@@ -68,7 +68,7 @@ def measure(train: dict, name: str, steps: int, warmup: int, device, data_only: 
             torch.manual_seed(1000 + i)
             sync(device)
             t = time.perf_counter()
-            trainer.train_step(batch["image"], batch["label"])   # the loop's own step body
+            trainer.train_step(*trainer.batch_to_device(batch))   # the loop's own step body
             sync(device)
             times.append(time.perf_counter() - t)
     return {"data_s": sum(data_times) / len(data_times), "step_s": median(times[warmup:])}

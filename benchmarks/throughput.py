@@ -33,14 +33,13 @@ def measure(method_name: str, train: dict, steps: int, device) -> dict:
         t = time.perf_counter()
         samples = [trainer.data[k] for k in range(n)]
         data_rate = n / (time.perf_counter() - t)
-        x = torch.stack([s["image"] for s in samples[: cfg.batch_size]])
-        y = torch.stack([s["label"] for s in samples[: cfg.batch_size]])
+        batch = torch.utils.data.default_collate(samples[: cfg.batch_size])
         times = []
         for i in range(steps + 2):                       # 2 warm-up steps
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            trainer.train_step(x, y)
+            trainer.train_step(*trainer.batch_to_device(batch))   # device augmentation included, as in the loop
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)

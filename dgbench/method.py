@@ -6,8 +6,10 @@ The base class *is* ERM: every hook is the identity. A method subclasses it, reg
 
 ==========================  =================================================================
 ``input_channels()``        channels the backbone receives (1 = intensity only)
-``augmentation(sp, it)``    per-sample CPU transforms: spatial + intensity lists -> one list
-                            (the harness appends the final per-patch min-max to [0, 1])
+``augmentation(sp, it)``    the standard pipeline: spatial + intensity lists -> one list; MONAI
+                            transforms per sample on the CPU, or device ops on the batch
+                            (train.aug_on; docs/CONTRACTS.md). The harness appends the final
+                            per-patch min-max to [0, 1]
 ``wrap_network(net)``       insert feature modules (MixStyle, DSU) or wrap the backbone
 ``frozen_modules()``        auxiliary frozen networks (moved to the device; never optimised)
 ``train_batch(net, x, y)``  on the device, training only: returns the (x, y) fed to the net,

@@ -20,6 +20,11 @@ SETTING_RE = re.compile(r"^(full|fewshot-(\d+))$")
 # their own pipelines (HeavyAug, BigAug) scale their published probabilities by aug_prob / this.
 REFERENCE_AUG_PROB = 0.33
 AMP_MODES = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("auto", "on", "off")
+AUG_ON_MODES = ("auto", "cpu", "device")
+# Options added after run ids were first written: left out of to_dict (so of the run id) at
+# their defaults, so every run specified before they existed keeps its id and folder.
+LATE_OPTIONS = {"compile": "auto", "aug_on": "auto"}
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,15 @@ class TrainConfig:
     sw_batch_size: int = 4
     num_workers: int = 0             # data-loader worker processes
     amp: str = "auto"                # "auto" = bf16 on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    compile: str = "auto"            # torch.compile the networks: "auto" = on for CUDA; or "on" / "off"
+    aug_on: str = "auto"             # where the standard augmentation runs: "auto" = "device" on CUDA; or "cpu"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["patch_size"] = list(self.patch_size)
+        for k, default in LATE_OPTIONS.items():
+            if d[k] == default:
+                del d[k]
         return d
 
     def check(self) -> None:
@@ -65,6 +75,10 @@ class TrainConfig:
             bad.append(f"sw_overlap must be in [0, 1), got {self.sw_overlap!r}")
         if self.amp not in AMP_MODES:
             bad.append(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.compile not in COMPILE_MODES:
+            bad.append(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.aug_on not in AUG_ON_MODES:
+            bad.append(f"aug_on must be one of {', '.join(AUG_ON_MODES)}, got {self.aug_on!r}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             bad.append(f"patch_size must be three sides >= 1, got {list(self.patch_size)}")
         else:
@@ -108,6 +122,8 @@ class TrainConfig:
                     d[f.name] = type(f.default)(float(d[f.name]) if type(f.default) is float else d[f.name])
                 except (TypeError, ValueError):
                     raise ValueError(f"training option {f.name} must be a number, got {d[f.name]!r}") from None
+        if isinstance(d.get("compile"), bool):   # YAML reads on/off as booleans
+            d["compile"] = "on" if d["compile"] else "off"
         if "patch_size" in d:
             ps = d["patch_size"]
             d["patch_size"] = tuple(int(v) for v in (ps if isinstance(ps, (list, tuple)) else [ps] * 3))

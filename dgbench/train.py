@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from dgbench import __version__, convergence
+from dgbench import __version__, accel, convergence
 from dgbench.data.cache import ensure_prepared
+from dgbench.data.device_aug import DeviceAugmentation, DeviceOp, standard_device_augmentation
 from dgbench.data.sampling import PatchDataset, standard_augmentation
 from dgbench.evaluate import autocast, evaluate_cases, mean_dice
 from dgbench.method import MethodContext
@@ -81,6 +82,13 @@ class Trainer:
         self.net = self.method.wrap_network(net).to(self.device, memory_format=torch.channels_last_3d)
         for m in self.method.frozen_modules():
             m.to(self.device)
+        # train.compile: training steps run `train_net`, a compiled view sharing self.net's
+        # parameters; self.net (state_dict, checkpoints, evaluation) stays the eager module
+        self.compiled = accel.use_compile(self.cfg.compile, self.device)
+        self.train_net = accel.compiled(self.net) if self.compiled else self.net
+        if self.compiled:
+            for m in self.method.frozen_modules():          # a FrozenExtractor's network, in place
+                accel.compile_in_place(getattr(m, "net", m), plain_inputs=True)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                      betas=(0.9, 0.999))
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.cfg.steps, eta_min=0.0)
@@ -89,10 +97,10 @@ class Trainer:
         self.loss_log: list[tuple[int, float]] = []   # (step, loss) of every step: train_loss.csv
         self.convergence: dict | None = None          # set by fit(): dgbench.convergence verdict
         self.heartbeat: Heartbeat | None = None
-        spatial, intensity = standard_augmentation(self.cfg.patch_size, self.cfg.aug_prob, self.adapter.sided)
+        self.aug_on, self.device_aug, transforms = pick_augmentation(self.method, self.cfg, self.adapter.sided,
+                                                                     spec.seed, self.device)
         self.data = PatchDataset(self.prepared, self.train_ids, self.cfg.patch_size, spec.seed,
-                                 self.cfg.fg_oversample, self.method.augmentation(spatial, intensity),
-                                 self.cfg.steps * self.cfg.batch_size)
+                                 self.cfg.fg_oversample, transforms, self.cfg.steps * self.cfg.batch_size)
 
     # checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
@@ -178,16 +186,16 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.spec.run_id, unit="step",
                    disable=not self.progress, leave=False)
         t0, losses = time.time(), self.losses
+        pending: list[torch.Tensor] = []   # this interval's losses, still on the device
         for batch in loader:
+            x, y = self.batch_to_device(batch)
             torch.manual_seed(step_seed(self.spec.seed, self.step))
-            losses.append(self.train_step(batch["image"], batch["label"]))
+            pending.append(self.train_step(x, y))
             self.sched.step()
             self.step += 1
-            self.loss_log.append((self.step, losses[-1]))
             bar.update()
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"loss is {losses[-1]} at step {self.step}; lower the learning rate "
-                                         f"(train.lr) or check the input data.")
+            if self.step % cfg.val_every == 0 or self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self._read_losses(pending)
             if self.step % cfg.val_every == 0 or self.step == cfg.steps:
                 val = self.validate()
                 self._append_val(self.step, float(np.mean(losses)), val)
@@ -209,21 +217,48 @@ class Trainer:
         self.convergence = convergence.of_run(rd.path, cfg.steps)
         rd.log(f"convergence: {convergence.describe(self.convergence)}")
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One optimiser step on a batch (the method's hooks included); returns the loss."""
+    def batch_to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """A collated batch on the device (non-blocking; the loader pins it on CUDA), augmented
+        there when the augmentation runs on the device (train.aug_on); labels as int64."""
+        x = batch["image"].to(self.device, non_blocking=True)
+        y = batch["label"].to(self.device, non_blocking=True)
+        if self.device_aug is not None:
+            x, y = self.device_aug(x, y, batch["index"].tolist())
+        return x, y.long()
+
+    def _read_losses(self, pending: list) -> None:
+        """Move the losses of the steps since the last read to the host: one sync per log,
+        validation or checkpoint point instead of one per step. Every step keeps its exact value
+        (train_loss.csv); a non-finite one stops the run, naming its step."""
+        if not pending:
+            return
+        values = torch.stack(pending).tolist()
+        first = self.step - len(values) + 1
+        pending.clear()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise FloatingPointError(f"loss is {v} at step {first + i}; lower the learning rate "
+                                         f"(train.lr) or check the input data.")
+        self.losses.extend(values)
+        self.loss_log.extend(zip(range(first, self.step + 1), values))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch (the method's hooks included); returns the loss, detached
+        and on the device (reading it here would wait for the device at every step)."""
         x = x.to(self.device, non_blocking=True, memory_format=torch.channels_last_3d)
         y = y.to(self.device, non_blocking=True)
-        x, y = self.method.train_batch(self.net, x, y)
+        net = self.train_net
+        x, y = self.method.train_batch(net, x, y)
         with autocast(self.device, self.amp):
-            logits = self.net(x)
+            logits = net(x)
             loss = self.method.supervised_loss(self.loss_fn, logits, y)
-            extra = self.method.extra_loss(self.net, x, y, logits)
+            extra = self.method.extra_loss(net, x, y, logits)
             if extra is not None:
                 loss = loss + extra
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return loss.item()
+        return loss.detach()
 
     def _write_train_loss(self) -> None:
         lines = ["step,loss"] + [f"{step},{loss:.6g}" for step, loss in self.loss_log]
@@ -263,6 +298,27 @@ class Trainer:
         s = self.spec
         return [{"run_id": s.run_id, "dataset": s.dataset, "method": s.method, "setting": s.setting,
                  "seed": s.seed, **r} for r in out]
+
+
+def pick_augmentation(method, cfg, sided: bool, seed: int, device: torch.device):
+    """(where, device augmentation or None, CPU transforms or None) for train.aug_on.
+
+    On the device, the method's `augmentation` hook gets the standard pipeline as device ops; a
+    hook that only picks among them (ERM, SynthSeg) keeps its meaning there. One that adds
+    MONAI transforms of its own (HeavyAug, BigAug) has no device port: "auto" keeps such a
+    method on the per-sample CPU path, an explicit "device" is refused."""
+    where = accel.augment_on(cfg.aug_on, device)
+    if where == "device":
+        ops = method.augmentation(*standard_device_augmentation(cfg.patch_size, cfg.aug_prob, sided))
+        foreign = sorted({type(t).__name__ for t in ops if not isinstance(t, DeviceOp)})
+        if not foreign:
+            return "device", DeviceAugmentation(ops, seed), None
+        if cfg.aug_on == "device":
+            raise ValueError(f"train.aug_on=device: the augmentation of method {type(method).__name__} has "
+                             f"transforms with no device port ({', '.join(foreign)}); train it with "
+                             f"--train aug_on=cpu (or auto, which keeps it on the CPU path).")
+    spatial, intensity = standard_augmentation(cfg.patch_size, cfg.aug_prob, sided)
+    return "cpu", None, method.augmentation(spatial, intensity)
 
 
 def write_metrics(rd: RunDir, rows: list[dict]) -> None:
@@ -359,7 +415,8 @@ def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, de
         t0 = time.time()
         trainer = Trainer(spec, rd, device=device, progress=progress)
         trainer.heartbeat = hb
-        rd.log(f"start {spec.run_id} on {trainer.device} (amp={trainer.amp}), pid {os.getpid()}")
+        rd.log(f"start {spec.run_id} on {trainer.device} (amp={trainer.amp}, compile={trainer.compiled}, "
+               f"augmentation on {trainer.aug_on}), pid {os.getpid()}")
         spec_extra = trainer.method.describe()
         if spec_extra:
             rd.log(f"method info: {spec_extra}")
@@ -367,7 +424,8 @@ def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, de
         write_metrics(rd, trainer.final_metrics())
         best = trainer.best_val if math.isfinite(trainer.best_val) else None   # no validation scored
         rd.mark_done({"wall_s": round(time.time() - t0, 2), "steps": trainer.step, "best_step": trainer.best_step,
-                      "best_val_dice": best, "device": str(trainer.device), **spec_extra,
+                      "best_val_dice": best, "device": str(trainer.device), "compile": trainer.compiled,
+                      "aug_on": trainer.aug_on, **spec_extra,
                       "convergence": trainer.convergence})
         rd.log("done")
         return "done"
