@@ -146,8 +146,10 @@ def test_cancelled_job_resumes_and_nothing_else_reruns(array_sweep, request):
 
 
 def test_failing_run_is_reported_with_its_error(slurm, tmp_path):
-    # a real failure at the start of a run: the recipe names a backbone that does not exist
-    bad = orch.expand(["synth"], ["erm"], train={**TINY, "backbone": "no-such-backbone"})[0]
+    # a real failure at the start of a run (spec checks cannot see it; only the sweep command's
+    # preflight would): the extractor's weights file does not exist
+    bad = orch.expand(["synth"], ["maskgen"], train=TINY,
+                      hparams={"maskgen": {"extractor_weights": "/nonexistent/no-such-backbone.pt"}})[0]
     assert orch.run_specs([bad], tmp_path, executor="slurm", wait=True, **SLURM) == {bad.run_id: "failed"}
     (row,) = orch.collect_status(tmp_path)
     assert row["state"] == "failed" and "no-such-backbone" in row["error"]
