@@ -52,7 +52,10 @@ class MaskGen(Method):
         return self.extractor.metadata()
 
     def _amp(self, x):
-        return torch.bfloat16 if x.device.type == "cuda" else None
+        """The extractor's autocast dtype: the loop's train.amp ("auto" when there is no recipe)."""
+        from dgbench.train import amp_dtype_for
+        train = getattr(self.ctx, "train", None)
+        return amp_dtype_for(train.amp if train is not None else "auto", x.device)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[intensity, IN(f(x))] for x in [0, 1], shape B x 1 x D x H x W."""

@@ -84,3 +84,14 @@ def test_extractor_frozen_and_eval_after_training_and_validation(tmp_path, synth
     assert sum(p.numel() for p in tr.net.parameters()) == sum(v.numel() for k, v in ckpt["model"].items()
                                                              if "running" not in k and "num_batches" not in k)
     assert tr.net.stem[0].in_channels == 17
+
+
+def test_extractor_precision_follows_the_recipe_amp():
+    """The frozen extractor runs under the loop's train.amp, not a fixed bf16-on-CUDA rule."""
+    from dgbench.method import MethodContext
+    from dgbench.spec import TrainConfig
+    x = torch.zeros(1, 1, 8, 8, 8)
+    for amp, dtype in (("bf16", torch.bfloat16), ("fp32", None), ("auto", None)):   # "auto" on a CPU: fp32
+        m = METHODS.get("maskgen")({}, MethodContext(None, TrainConfig(amp=amp), torch.device("cpu")))
+        assert m._amp(x) is dtype, amp
+    assert make("maskgen")._amp(x) is None                                        # no recipe: "auto"
