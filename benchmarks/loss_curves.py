@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         print("running:", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
 
-    plateaus, curves, missing = {}, {}, []
+    plateaus, curves, run_ids, missing = {}, {}, {}, []
     for m in methods:
         spec = resolve("synth", m, args.seed, train={"steps": args.steps})
+        run_ids[m] = spec.run_id
         rd = RunDir.for_run(results, spec.run_id)
         if not rd.done_file.exists():
             missing.append(spec.run_id)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"never left their starting loss: {', '.join(never)}")
     record = {"dataset": "synth", "seed": args.seed, "ref_steps": args.steps, **outcome,
               "never_left_start": sorted(never),
-              "runs": {m: resolve("synth", m, args.seed, train={"steps": args.steps}).run_id for m in plateaus},
+              "runs": {m: run_ids[m] for m in plateaus},
               "plateaus": {m: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in p.items()}
                            for m, p in plateaus.items()}}
     out_json = results / f"budget_{args.steps}.json"

@@ -111,8 +111,9 @@ def verdict(train_loss: Sequence[float], val_history: Sequence[tuple[int, float]
             se = math.sqrt(float(resid @ resid) / (tail.size - 2) / float(((t - t.mean()) ** 2).sum()))
     drop, drop_se, whole = -slope * (tail.size - 1), se * (tail.size - 1), first - last
     # no whole drop to take a share of (left_start fails then): any clear tail drop is "falling"
-    dropped = whole > 1e-6 * max(1.0, abs(first))
-    rel_drop = drop / whole if dropped else (math.inf if drop > 1e-6 * max(1.0, abs(first)) else 0.0)
+    tol = 1e-6 * max(1.0, abs(first))       # below this a "drop" is rounding, not learning
+    dropped = whole > tol
+    rel_drop = drop / whole if dropped else (math.inf if drop > tol else 0.0)
     rel_se = drop_se / whole if dropped else math.nan
     # falling = a drop both large (>= 10% of the whole) and distinguishable from the noise (>= 2 s.e.)
     loss_plateaued = not (rel_drop >= MAX_TAIL_SHARE and drop >= TAIL_DROP_Z * drop_se)

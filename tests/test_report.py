@@ -410,3 +410,10 @@ def test_tables_name_the_extractor_of_each_maskgen_family_row(tmp_path):
     md = (tmp_path / "t" / "main.md").read_text()
     assert ("- Feature extractor: concat: anatomix; maskgen: synthanat-v2. The paper's MaskGen uses the published "
             "anatomix weights (extractor 'anatomix').") in md
+
+
+def test_a_paper_file_without_rows_gives_tables_with_a_note(tmp_path):
+    empty = tmp_path / "paper.csv"
+    empty.write_text("dataset,setting,method,metric,value,source\n")
+    write_tables(TREE, tmp_path / "t", paper=empty, n_boot=0, figures=False)
+    assert "Paper row omitted: no published number for these columns." in (tmp_path / "t" / "main.md").read_text()

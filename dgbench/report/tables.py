@@ -105,8 +105,9 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
     notes = [f"Selection: {selection_label(selection)}."]
     paper_here = None
     if paper is not None:
-        paper_here = paper[(paper["metric"] == "dice")
-                           & paper.apply(lambda r: (r["dataset"], r["setting"]) in set(cols), axis=1)]
+        wanted = set(cols)
+        in_cols = [(d, s) in wanted for d, s in zip(paper["dataset"], paper["setting"])]
+        paper_here = paper[(paper["metric"] == "dice") & pd.Series(in_cols, index=paper.index, dtype=bool)]
     if paper_here is not None and len(paper_here) and REF_METHOD in methods:
         prow, drow = ["maskgen (paper)"], ["Δ maskgen − paper"]
         prec, drec = {"method": "maskgen (paper)"}, {"method": "Δ maskgen − paper"}
