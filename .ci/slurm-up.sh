@@ -7,7 +7,7 @@
 #   export SLURM_CONF=$DGBENCH_SLURM_DIR/slurm.conf   (clients and submitit read it)
 #   .ci/slurm-down.sh          stops what this script started, by pid
 #
-# DGBENCH_SLURM_DIR defaults to /tmp/dgbench-slurm. See /work/shared/reference/slurm.md.
+# DGBENCH_SLURM_DIR defaults to /tmp/dgbench-slurm.
 set -euo pipefail
 
 D=${DGBENCH_SLURM_DIR:-/tmp/dgbench-slurm}

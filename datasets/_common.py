@@ -1,5 +1,5 @@
 """Helpers shared by the dataset adapters: junk-file filtering, numeric sorting, pairing images
-with labels by id, and the split rules of the reference protocol (datasets.md §3-§10).
+with labels by id, and the split rules of the reference protocol (docs/datasets.md, Splits).
 
 The split rules are the single source of truth for every split file: the committed lists in
 ``splits/`` are regenerated from them (``splits/regenerate.py``), and datasets whose case ids are
@@ -100,7 +100,7 @@ def shuffled(items: list, seed: int = SEED) -> list:
 
 
 def source_val_count(n: int) -> int:
-    """datasets.md §10: about 10% of the source subjects, at least 3, never more than half."""
+    """docs/datasets.md, Splits: about 10% of the source subjects, at least 3, never more than half."""
     return min(max(3, math.ceil(0.1 * n)), n // 2)
 
 
@@ -109,7 +109,7 @@ def hold_out(subjects: list, seed: int = SEED, fewshot=FEWSHOT):
 
     One default_rng(seed) permutation: its last ⌈0.1·n⌉ (≥3) subjects are the source-val hold-out;
     few-shot subsets are its first N. For a list sorted the way the reference loader returns it
-    this is exactly the reference's few-shot order (datasets.md §9), and the hold-out never
+    this is exactly the reference's few-shot order (docs/datasets.md, Splits), and the hold-out never
     overlaps a few-shot subset."""
     order = shuffled(subjects, seed)
     k = source_val_count(len(order))
@@ -146,7 +146,7 @@ def payload(train, val, test: dict, target_val: dict | None = None, fewshot: dic
 
 
 def reference_train_defaults(patch_size) -> dict:
-    """The MaskGen reference recipe (methods.md §1), with the dataset's crop size."""
+    """The MaskGen reference recipe (Diaz et al. 2026), with the dataset's crop size."""
     return {"steps": 250_000, "batch_size": 4, "lr": 2e-4, "patch_size": list(patch_size),
             "backbone": "unet", "backbone_kwargs": {"width": 20, "levels": 5},
             "val_every": 1000, "ckpt_every": 1000}

@@ -1,4 +1,4 @@
-"""AMOS 2022, abdominal multi-organ segmentation, CT -> MRI (datasets.md §3).
+"""AMOS 2022, abdominal multi-organ segmentation, CT -> MRI (docs/datasets.md).
 
 Read as distributed (`amos22.zip` from Zenodo 7262581):
 
@@ -41,7 +41,7 @@ class AmosDataset(DatasetAdapter):
     source_domains = ("ct",)
     target_domains = ("mri",)
     spacing = (1.0, 1.0, 1.5)
-    sided = True            # left/right kidneys and adrenals: no flips (methods.md §1.3)
+    sided = True            # left/right kidneys and adrenals: no flips (the MaskGen reference recipe, Diaz et al. 2026)
     train_defaults = reference_train_defaults((192, 192, 128))
     download = ("https://zenodo.org/records/7262581 (amos22.zip, with validation labels); "
                 "challenge: https://amos22.grand-challenge.org")

@@ -1,4 +1,4 @@
-"""MSD Task01 BrainTumour ("MSD-BraTS"): T1w / T1gd / T2w -> FLAIR (datasets.md §4).
+"""MSD Task01 BrainTumour ("MSD-BraTS"): T1w / T1gd / T2w -> FLAIR (docs/datasets.md).
 
 Read as distributed (`Task01_BrainTumour.tar`):
 
@@ -35,7 +35,7 @@ CUT = (340, 48)                 # first 340 shuffled subjects train, next 48 tar
 
 
 def split_payload(subjects: list[str], prefix: str = "BRATS") -> dict:
-    """datasets.md §4 and §9-§10: sorted subject numbers, one default_rng(123) shuffle, cut 340/48/rest.
+    """docs/datasets.md, Splits: sorted subject numbers, one default_rng(123) shuffle, cut 340/48/rest.
     Source subjects give (T2, T1w, T1gd) samples; the source-val hold-out and the few-shot subsets
     count subjects (the reference counts samples for few-shot: a documented difference)."""
     order = shuffled(sorted(subjects))
@@ -50,7 +50,7 @@ def split_payload(subjects: list[str], prefix: str = "BRATS") -> dict:
 RULE = ("subjects 001-484 (BRATS_NNN) sorted, shuffled once with numpy default_rng(123): first 340 source "
         "(T2w, T1w, T1gd samples), next 48 target-val (FLAIR), last 96 test (FLAIR). Source-val = the last "
         "34 (ceil 10%) of a default_rng(123) shuffle of the sorted 340 source subjects; few-shot N = the first "
-        "N subjects of that shuffle, all three samples each (the reference counts samples: datasets.md §9).")
+        "N subjects of that shuffle, all three samples each (the reference counts samples; docs/datasets.md, Splits).")
 
 
 @register_dataset("brats")

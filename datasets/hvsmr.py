@@ -1,4 +1,4 @@
-"""HVSMR-2.0, paediatric congenital heart disease CMR: mild + moderate -> severe (datasets.md §6).
+"""HVSMR-2.0, paediatric congenital heart disease CMR: mild + moderate -> severe (docs/datasets.md).
 
 Read as distributed (Figshare collection 7074755; unzipping often nests `cropped/cropped/`, so the
 files are searched for below the root):
@@ -14,7 +14,7 @@ the reference's lexicographic file-name order (`pat30_…` before `pat3_…`).
 
 The domain of a case is its severity: the `Category` column of hvsmr_clinical.csv when the file is
 present (it must agree with the reference's 23-subject training list), else the training list
-itself (its first 12 entries taken as mild, the next 11 as moderate: an inference, datasets.md §6).
+itself (its first 12 entries taken as mild, the next 11 as moderate: an inference; docs/datasets.md).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from dgbench.data.io import DataError
 from dgbench.registry import register_dataset
 from dgbench_datasets._common import hold_out, nsorted, payload, reference_train_defaults, shuffled, visible
 
-# the reference training list, verbatim and in its order (datasets.md §6)
+# the reference training list, verbatim and in its order (docs/datasets.md)
 TRAIN_LIST = ["pat0", "pat1", "pat2", "pat5", "pat6", "pat8", "pat10", "pat11", "pat13", "pat18", "pat26",
               "pat27", "pat7", "pat14", "pat15", "pat19", "pat23", "pat24", "pat25", "pat29", "pat48", "pat17",
               "pat12"]

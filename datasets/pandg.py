@@ -1,4 +1,4 @@
-"""PanDG / PancreasDG, pancreas MRI: venous-phase T1 -> out-of-phase (datasets.md §8).
+"""PanDG / PancreasDG, pancreas MRI: venous-phase T1 -> out-of-phase (docs/datasets.md).
 
 PROVISIONAL: the public release has not been inspected (layout, counts and licence unverified).
 Two layouts are read:

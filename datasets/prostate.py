@@ -1,4 +1,4 @@
-"""Multi-site prostate T2w MRI (SAML / MS-Net collection): site shift (datasets.md §7).
+"""Multi-site prostate T2w MRI (SAML / MS-Net collection): site shift (docs/datasets.md).
 
 Read as distributed (the SAML zip; site folders may sit one or two levels down):
 
@@ -11,7 +11,7 @@ Domains are the sites, named as in the papers: ISBI -> RUNMC, ISBI_1.5 -> BMC. C
 {0, 1, 2} (central gland, peripheral zone): every label is binarised with `label > 0`, as SAML does.
 
 Spacing: the reference preset 0.51 x 0.52 x 0.125 mm is kept as written, although 0.125 mm is far
-finer than the 1.25-4 mm slices (datasets.md §7): `dgbench prepare prostate` reports the zoom.
+finer than the 1.25-4 mm slices (docs/datasets.md): `dgbench prepare prostate` reports the zoom.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dgbench.registry import register_dataset
 from dgbench_datasets._common import find_dirs, hold_out, nifti_files, payload, reference_train_defaults
 
 SITE_FOLDERS = {"ISBI": "RUNMC", "ISBI_1.5": "BMC", "I2CVB": "I2CVB", "UCL": "UCL", "BIDMC": "BIDMC", "HK": "HK"}
-# the release, per site (datasets.md §7 table): the committed split lists exactly these
+# the release, per site (docs/datasets.md): the committed split lists exactly these
 RELEASE = {"RUNMC": range(0, 30), "BMC": range(0, 30), "I2CVB": range(0, 19), "UCL": [1, *range(26, 38)],
            "BIDMC": [i for i in range(0, 13) if i != 2], "HK": range(38, 50)}
 SOURCE, TARGET_VAL, TEST = ("RUNMC", "I2CVB"), ("UCL", "HK"), ("BIDMC", "BMC")

@@ -1,4 +1,4 @@
-"""TopCoW 2024, Circle of Willis vessels, CTA -> MRA (datasets.md §5).
+"""TopCoW 2024, Circle of Willis vessels, CTA -> MRA (docs/datasets.md).
 
 Read as distributed (`TopCoW2024_Data_Release.zip`, Zenodo 15692630; the zip may add that top folder):
 
@@ -44,7 +44,7 @@ class TopcowDataset(DatasetAdapter):
     source_domains = ("cta",)
     target_domains = ("mra",)
     spacing = (0.3, 0.3, 0.6)
-    sided = True            # left/right vessels: no flips (methods.md §1.3)
+    sided = True            # left/right vessels: no flips (the MaskGen reference recipe, Diaz et al. 2026)
     train_defaults = reference_train_defaults((192, 160, 128))
     download = ("https://zenodo.org/records/15692630 (TopCoW2024_Data_Release.zip); "
                 "challenge: https://topcow24.grand-challenge.org")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SETTING_RE = re.compile(r"^(full|fewshot-(\d+))$")
-# The reference recipe's per-transform augmentation probability (methods.md §1.3). Methods with
+# The reference recipe's per-transform augmentation probability (the MaskGen reference recipe, Diaz et al. 2026). Methods with
 # their own pipelines (HeavyAug, BigAug) scale their published probabilities by aug_prob / this.
 REFERENCE_AUG_PROB = 0.33
 AMP_MODES = ("auto", "bf16", "fp32")
@@ -29,7 +29,7 @@ LATE_OPTIONS = {"compile": "auto", "aug_on": "auto"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The shared recipe (methods.md §1). Datasets supply defaults; runs may override."""
+    """The shared recipe (Diaz et al. 2026). Datasets supply defaults; runs may override."""
     steps: int = 250_000
     batch_size: int = 4
     lr: float = 2e-4

@@ -1,4 +1,4 @@
-"""Pieces shared by the baseline methods (methods.md §4): view consistency, per-sample min-max,
+"""Pieces shared by the baseline methods (as benchmarked by Diaz et al. 2026): view consistency, per-sample min-max,
 B-spline smooth random fields, a base class for our own per-sample CPU transforms, the split of
 the standard augmentation into its geometric and intensity parts, and the scaling of published
 per-transform probabilities to the run's augmentation strength (`aug_prob`).
@@ -24,7 +24,7 @@ _LOSS = None
 
 
 def loop_loss(ctx=None):
-    """The loop's supervised loss (methods.md §1.4). Taken from the context when the loop puts it
+    """The loop's supervised loss (Dice + cross-entropy, Diaz et al. 2026). Taken from the context when the loop puts it
     there (`ctx.loss_fn`), else an identical MONAI DiceCE."""
     global _LOSS
     fn = getattr(ctx, "loss_fn", None)
@@ -46,7 +46,7 @@ def amp_context(ctx, device: torch.device):
 
 
 def is_sided(ctx) -> bool:
-    """Left/right labels: no flips or 90° rotations (methods.md §1.3). Unknown dataset -> sided (safe)."""
+    """Left/right labels: no flips or 90° rotations (the MaskGen reference recipe, Diaz et al. 2026). Unknown dataset -> sided (safe)."""
     ds = getattr(ctx, "dataset", None)
     return True if ds is None else bool(ds.sided)
 
@@ -68,7 +68,7 @@ def view_consistency(logits: torch.Tensor, n_views: int, direction: str = "to_me
                      classes: str = "sum") -> torch.Tensor:
     """Mean over views of a KL divergence between each view's softmax and the views' mean.
 
-    direction "to_mean": KL(p_i || clamp(p_mean)) (RandConv / AugMix; methods.md §4.3);
+    direction "to_mean": KL(p_i || clamp(p_mean)) (RandConv / AugMix);
     direction "from_mean": KL(p_mean || p_i) (GIN-IPA's KLDivLoss(log p_i, p_mean); §4.5).
     Averaged over samples and voxels; over classes summed (classes="sum": the per-voxel KL, as
     RandConv's F.kl_div(..., reduction="batchmean") on (sample, class) rows) or averaged

@@ -1,4 +1,4 @@
-"""AdvBias: adversarial bias-field augmentation (Chen et al., MICCAI 2020; methods.md §4.10), 3-D.
+"""AdvBias: adversarial bias-field augmentation (Chen et al., MICCAI 2020), 3-D.
 
 The bias field: Gaussian control points (spacing 32 at half resolution, one extra point beyond
 each border, L2-normalised per sample), order-3 B-spline interpolation, exponentiated and

@@ -1,4 +1,4 @@
-"""BigAug, "deep stacked transformation" (Zhang et al., IEEE TMI 2020; methods.md §4.2b).
+"""BigAug, "deep stacked transformation" (Zhang et al., IEEE TMI 2020).
 
 No official code; parameters follow the torchio reimplementation (kari-jg/BigAug_torchio).
 Replaces the standard intensity transforms; the standard geometry stays. Per-sample CPU pipeline:

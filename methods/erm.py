@@ -1,4 +1,4 @@
-"""ERM: the plain recipe with the reference default augmentation (methods.md §1.3, §4.1)."""
+"""ERM: the plain recipe with the reference default augmentation (the MaskGen reference recipe, Diaz et al. 2026)."""
 from dgbench.method import Method
 from dgbench.registry import register_method
 

@@ -1,4 +1,4 @@
-"""GIN and GIN+IPA (Ouyang et al., IEEE TMI 2022; methods.md §4.4, §4.5), batched on the device.
+"""GIN and GIN+IPA (Ouyang et al., IEEE TMI 2022), batched on the device.
 
 GIN: a random shallow conv net, redrawn on every call and per sample (one grouped convolution
 over the batch), mixed with the input and rescaled to the input's Frobenius norm. We use one
@@ -131,7 +131,7 @@ class GinIPA(_GinBase):
     search_space = {"lambda_cons": [1.0, 3.0, 10.0, 30.0]}
 
     def blend_mask(self, batch: int, size, device) -> torch.Tensor:
-        """Smooth random mask in [0, 1] per sample: (B, 1, *size). As methods.md §4.5 has it:
+        """Smooth random mask in [0, 1] per sample: (B, 1, *size). As in the GIN-IPA code (Ouyang et al. 2022):
         exp(field) rescaled into [1 - epsilon, 1 + epsilon], then min-max; so epsilon cancels."""
         hp = self.hp
         field = SmoothField(size, hp["grid_spacing"], hp["order"], hp["downscale"])

@@ -1,4 +1,4 @@
-"""Heavy augmentation: nnU-Net v2's `nnUNetTrainerDA5` pipeline adapted to dgbench (methods.md §4.2a).
+"""Heavy augmentation: nnU-Net v2's `nnUNetTrainerDA5` pipeline adapted to dgbench (Isensee et al., Nature Methods 2021).
 
 Replaces the standard intensity transforms; the standard geometry (flips where allowed, affine)
 stays. Order of the per-sample CPU pipeline:

@@ -1,4 +1,4 @@
-"""MaskGen and the ablations that fall out of its configuration (methods.md §2, §3).
+"""MaskGen and the ablations that fall out of its configuration (Diaz et al. 2026, arXiv 2604.02564).
 
 The segmenter sees [intensity, IN(f(x))]: the image plus the instance-normalised features of a
 frozen, domain-stable extractor f (17 channels with a 16-channel extractor). In training, whole

@@ -1,4 +1,4 @@
-"""Feature-statistics methods inserted into the encoder of any backbone (methods.md §4.6, §4.7).
+"""Feature-statistics methods inserted into the encoder of any backbone (MixStyle: Zhou et al., ICLR 2021; DSU: Li et al., ICLR 2022).
 
 Both work through forward hooks on the backbone's `encoder_stages` (DSU also on its
 `bottleneck`), so they need nothing from the backbone class and leave its state_dict

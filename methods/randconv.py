@@ -1,4 +1,4 @@
-"""RandConv (Xu et al., ICLR 2021; methods.md §4.3): random convolutions of the input, on the device.
+"""RandConv (Xu et al., ICLR 2021): random convolutions of the input, on the device.
 
 Every view draws a fresh kernel (size uniform from `kernel_sizes`, Kaiming-normal weights, zero
 padding), shared by the whole batch. `randconv` (rc_img) keeps the image unchanged with

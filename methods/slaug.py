@@ -1,4 +1,4 @@
-"""SLAug: saliency-balancing location-scale augmentation (Su et al., AAAI 2023; methods.md §4.8), 3-D.
+"""SLAug: saliency-balancing location-scale augmentation (Su et al., AAAI 2023), 3-D.
 
 On the device, after the standard augmentation (the label patch is the cropped, augmented one):
 - GLA: one increasing random Bezier intensity curve over the whole patch, then a random scale

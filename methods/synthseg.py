@@ -1,4 +1,4 @@
-"""Label-to-image synthesis, SynthSeg-style (Billot et al., MedIA 2023; methods.md §4.9), on the device.
+"""Label-to-image synthesis, SynthSeg-style (Billot et al., MedIA 2023), on the device.
 
 The CPU pipeline keeps only the standard geometric augmentation (flips where allowed, affine):
 the image is about to be replaced, so the standard intensity transforms would be wasted work.

@@ -23,19 +23,19 @@ RULES = {
     "amos": {
         "rule": "source = labelled CT (id < 500) of imagesTr + imagesVa; target = labelled MRI (id >= 500). "
                 "MRI cases sorted by file name, shuffled once with numpy default_rng(123): first floor(n/2) "
-                "target-val, the rest test (datasets.md §3 proposal, mirroring the reference valtest split). "
+                "target-val, the rest test (docs/datasets.md proposal, mirroring the reference valtest split). "
                 "Source-val = the last ceil(10%) of a default_rng(123) shuffle of the sorted CT ids; few-shot N "
                 "= the first N of that shuffle.",
         "expected": {"ct": 300, "mri": 60}},
     "topcow": {
-        "rule": "TopCoW 2024 (datasets.md §5): the sorted MR subject numbers shuffled once with numpy "
+        "rule": "TopCoW 2024 (docs/datasets.md): the sorted MR subject numbers shuffled once with numpy "
                 "default_rng(123); source = the CTA of the first 75 subjects, target-val = the MRA of the next 20, "
                 "test = the MRA of the rest. Source-val = the last ceil(10%) of a default_rng(123) shuffle of "
                 "the sorted 75 source subjects; few-shot N = the first N of that shuffle.",
         "cut": {"train": 75, "target_val": 20},
         "expected": {"cta": 125, "mra": 125}},
     "pandg": {
-        "rule": "PROVISIONAL (datasets.md §8). Reference layout: train/ = source (venous), val/ = target-val, "
+        "rule": "PROVISIONAL (docs/datasets.md). Reference layout: train/ = source (venous), val/ = target-val, "
                 "test/ = test (out-of-phase). Per-domain nnU-Net layout: venous folders = source, out-of-phase "
                 "folders = target, target cases sorted by id, shuffled once with numpy default_rng(123): first "
                 "floor(n/2) target-val, rest test. Source-val = the last ceil(10%) of a default_rng(123) shuffle "

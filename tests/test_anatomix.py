@@ -77,7 +77,7 @@ def test_smaller_variant_same_family():
     big_keys = list(anatomix_unet().state_dict())
     assert list(small.state_dict()) == big_keys      # same layout, narrower
     assert small.state_dict()["model.31.weight"].shape == (96, 48, 3, 3, 3)
-    seg = Unet(input_nc=17, output_nc=16, num_downs=5, ngf=20)   # methods.md §1.1 backbone
+    seg = Unet(input_nc=17, output_nc=16, num_downs=5, ngf=20)   # the reference recipe's backbone (Diaz et al. 2026)
     assert len(seg.model) == 80 and seg.encoder_idx == [8, 15, 22, 29, 36]
     assert seg.decoder_idx == [44, 51, 58, 65, 72]
     assert sum(p.numel() for p in seg.parameters()) == 36_874_980

@@ -1,4 +1,4 @@
-"""Baseline methods (methods.md §4): each method's mechanism, then every method for a few steps
+"""Baseline methods (as benchmarked by Diaz et al. 2026): each method's mechanism, then every method for a few steps
 through the real loop on the embedded benchmark."""
 import copy
 import csv

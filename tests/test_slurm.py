@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slurm
 
 TINY = {"steps": 6, "val_every": 6, "ckpt_every": 2, "batch_size": 1, "sw_overlap": 0.0,
         "backbone_kwargs": {"width": 4, "levels": 2}}
-SLURM = {"time": 30, "cpus": 1, "poll_s": 2.0, "timeout_s": 1200}   # time > 10 min (slurm.md §5.5)
+SLURM = {"time": 30, "cpus": 1, "poll_s": 2.0, "timeout_s": 1200}   # time > 10 min (Slurm may round shorter limits down)
 SECOND_METHODS = ("mixstyle", "randconv", "gin", "dsu", "bigaug", "heavyaug")
 
 

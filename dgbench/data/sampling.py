@@ -14,7 +14,7 @@ from dgbench.data.cache import Prepared
 
 
 def standard_augmentation(patch, prob: float, sided: bool) -> tuple[list, list]:
-    """The reference default augmentation (methods.md §1.3) as (spatial, intensity) MONAI transforms.
+    """The reference default augmentation (the MaskGen reference recipe, Diaz et al. 2026) as (spatial, intensity) MONAI transforms.
 
     Flips and 90° rotations are left out for datasets with sided (left/right) labels."""
     keys, img = ["image", "label"], ["image"]

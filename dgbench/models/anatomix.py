@@ -16,7 +16,7 @@ Layout for `num_downs = L`, widths w_0 = ngf, w_i = ngf * 2**(i-1) for i >= 1:
   final conv (no norm, no activation)
 With the anatomix settings (L=4, ngf=16) that is 66 modules, skips after 8/15/22/29 and
 concatenations after the Upsamples at 37/44/51/58. The same class with L=5, ngf=20 is the
-segmentation U-Net of the MaskGen reference recipe (methods.md section 1.1).
+segmentation U-Net of the MaskGen reference recipe (Diaz et al. 2026).
 """
 from __future__ import annotations
 

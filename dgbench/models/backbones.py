@@ -19,7 +19,7 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class PaperUNet(nn.Module):
-    """The MaskGen/anatomix segmentation U-Net (methods.md §1.1).
+    """The MaskGen/anatomix segmentation U-Net (Diaz et al. 2026).
 
     Stem conv; `levels` encoder levels of two conv-BN-ReLU blocks then max-pool (widths
     width·2^i); a bottleneck of two blocks at width·2^levels; mirrored decoder with nearest

@@ -17,7 +17,7 @@ Registered names (see `build_extractor`):
   synthanat-tiny-random
 
 Every extractor is wrapped in `FrozenExtractor`: eval mode for every forward pass (the
-reference code's `.train()` bug, methods.md §2.6), no gradients, and it keeps its weights out
+reference code's `.train()` bug; Diaz et al. 2026), no gradients, and it keeps its weights out
 of the parent's checkpoint (they are identified by `weights_sha1` instead).
 """
 from __future__ import annotations
