@@ -52,8 +52,10 @@ import socket
 import threading
 import time
 import traceback
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 METRIC_COLUMNS = ["run_id", "dataset", "method", "setting", "seed", "selection", "split",
                   "domain", "case", "class", "class_name", "dice", "gt_present", "pred_present"]
@@ -149,6 +151,7 @@ class RunDir:
     metrics_file = property(lambda self: self.path / "metrics.csv")
     done_file = property(lambda self: self.path / "done.json")
     failed_file = property(lambda self: self.path / "failed.json")
+    executor_file = property(lambda self: self.path / "executor.json")
 
     # spec ---------------------------------------------------------------------------------
     def read_spec(self) -> dict | None:
@@ -381,3 +384,59 @@ class RunDir:
             self.lock_file.unlink()
         except FileNotFoundError:
             pass
+
+
+# ---------------------------------------------------------------------------------------------
+# every run's state: one code path for `status`, sweep plans and `bench`
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    """What the files of one run folder say about it (see ``scan``)."""
+    run_id: str
+    state: str                    # one of STATES
+    spec: dict                    # the bare spec; an invalid run's: the fields of its folder's name
+    error: str | None = None      # failed: the last error line; invalid: why spec.json is not trusted
+    heartbeat: dict | None = None
+    job_id: str | None = None     # the scheduler's job that holds or held it (executor.json)
+    checkpoint: bool = False      # checkpoints/last.pt exists (an unfinished run resumes from it)
+
+
+def _job_id(rd: RunDir) -> str | None:
+    try:
+        info = read_json(rd.executor_file)
+    except (OSError, ValueError):
+        return None
+    job = info.get("job_id") if isinstance(info, dict) else None
+    return None if job is None else str(job)
+
+
+def scan(results: Path | str, ids: Iterable[str] | None = None, now: float | None = None,
+         jobs_alive: Callable[[list[str]], dict[str, bool] | None] | None = None) -> list[RunRecord]:
+    """A record per run folder under ``<results>/runs`` (by name), or per run id in ``ids`` (in
+    that order; a run without a folder is pending). ``jobs_alive(job ids)`` is the scheduler's
+    word on the jobs of "running" runs whose holder is on another host ({job: alive}, or None
+    when it cannot be asked); asked once, and a run whose job has ended is "stale"."""
+    root = Path(results) / "runs"
+    if ids is None:
+        try:
+            ids = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        except FileNotFoundError:
+            ids = []
+    now = time.time() if now is None else now
+    records = []
+    for run_id in ids:
+        rd = RunDir(root / run_id)
+        state = rd.state(now=now)
+        if state == "invalid":            # the spec's labels are not to be trusted: the name's
+            m = RUN_ID_RE.match(run_id)
+            spec, error = (m.groupdict() if m else {}), rd.spec_problem()
+        else:
+            spec, error = rd.read_spec() or {}, rd.last_error() if state == "failed" else None
+        records.append(RunRecord(run_id, state, spec, error, rd.heartbeat(), _job_id(rd), rd.last_ckpt.exists()))
+    running = {r.job_id for r in records if r.state == "running" and r.job_id}
+    alive = jobs_alive(sorted(running)) if running and jobs_alive else None
+    if alive is not None:
+        for i, r in enumerate(records):
+            if r.job_id in running and not RunDir(root / r.run_id).holder_alive(now=now, job_alive=alive.get(r.job_id, False)):
+                records[i] = dataclasses.replace(r, state="stale")
+    return records
