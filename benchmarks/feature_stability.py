@@ -41,7 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dgbench.pretrain import _smooth_noise, random_label_map
+from dgbench.procedural import _smooth_noise, random_label_map
 
 HELD_OUT_SEED = 987_654  # pretraining seeds its generators from hashes of (seed, step), never this
 GATE = {"cos": 0.8, "probe_margin": 0.25, "min_std": 1e-3}

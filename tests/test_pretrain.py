@@ -7,15 +7,16 @@ import pytest
 import torch
 
 from dgbench import pretrain as pt
+from dgbench import procedural as pr
 from dgbench.models import extractors as ex
 
 
 
 
 def test_label_maps_are_deterministic_and_in_range():
-    a = pt.random_label_map(32, torch.Generator().manual_seed(3))
-    b = pt.random_label_map(32, torch.Generator().manual_seed(3))
-    c = pt.random_label_map(32, torch.Generator().manual_seed(4))
+    a = pr.random_label_map(32, torch.Generator().manual_seed(3))
+    b = pr.random_label_map(32, torch.Generator().manual_seed(3))
+    c = pr.random_label_map(32, torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
     for lab in (a, c):
         k = int(lab.max()) + 1
@@ -25,9 +26,9 @@ def test_label_maps_are_deterministic_and_in_range():
 
 def test_views_differ_but_share_geometry():
     g = torch.Generator().manual_seed(0)
-    lab = pt.random_label_map(32, g)
-    v1 = pt.render_view(lab, g, pt.corruption_chain(1))
-    v2 = pt.render_view(lab, g, pt.corruption_chain(2))
+    lab = pr.random_label_map(32, g)
+    v1 = pr.render_view(lab, g, pr.corruption_chain(1))
+    v2 = pr.render_view(lab, g, pr.corruption_chain(2))
     assert v1.shape == (1, 32, 32, 32) and torch.isfinite(v1).all()
     assert v1.min() >= 0 and 0.9 < v1.max() < 5
     assert not torch.allclose(v1, v2)
