@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from dgbench.errors import UserError
 from dgbench.spec import RunSpec
 
 DEFAULT_TABLE = Path(__file__).resolve().with_name("costs.yaml")
@@ -28,27 +29,27 @@ def table_path(path: str | Path | None = None) -> Path:
 
 
 def load_table(path: str | Path | None = None) -> dict:
-    """The cost table (see costs.yaml for its form), checked; ValueError naming the file otherwise."""
+    """The cost table (see costs.yaml for its form), checked; UserError naming the file otherwise."""
     path = table_path(path)
     try:
         table = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"cost table {path} not found (--cost-table or ${COST_ENV})") from None
+        raise UserError(f"cost table {path} not found (--cost-table or ${COST_ENV})") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"cost table {path}: not valid YAML ({e})") from None
+        raise UserError(f"cost table {path}: not valid YAML ({e})") from None
     rows = table.get("rows") if isinstance(table, dict) else None
     if not isinstance(rows, list):
-        raise ValueError(f"cost table {path}: expected a mapping with a list `rows` (see {DEFAULT_TABLE})")
+        raise UserError(f"cost table {path}: expected a mapping with a list `rows` (see {DEFAULT_TABLE})")
     for i, row in enumerate(rows):
         missing = {"patch", "batch", "backbone", "backbone_kwargs", "amp", "source"} - set(row or {})
         unknown = set(row or {}) - ROW_KEYS
         times = [k for k in ("eager_ms", "compiled_ms") if k in (row or {})]
         if missing or unknown or not times:
-            raise ValueError(f"cost table {path}: row {i + 1} " + "; ".join(
+            raise UserError(f"cost table {path}: row {i + 1} " + "; ".join(
                 ([f"lacks {sorted(missing)}"] if missing else []) + ([f"has unknown keys {sorted(unknown)}"] if unknown else [])
                 + ([] if times else ["has neither eager_ms nor compiled_ms"])))
         if len(row["patch"]) != 3:
-            raise ValueError(f"cost table {path}: row {i + 1}: patch must have three sides, got {row['patch']}")
+            raise UserError(f"cost table {path}: row {i + 1}: patch must have three sides, got {row['patch']}")
     return {"path": str(path), "gpu": table.get("gpu", "?"), "rows": rows,
             "extractor_overhead": table.get("extractor_overhead") or {}}
 

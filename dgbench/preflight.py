@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable
 
 from dgbench import orchestrate
+from dgbench.errors import UserError
 from dgbench.spec import RunSpec
 
 SETUP_ENV_RE = re.compile(r"^\s*(?:export\s+)?(DGBENCH_[A-Z0-9_]+)=(\S+)\s*$")
@@ -43,7 +44,7 @@ class Problem:
     fix: str = ""        # the exact fix ("" when `what` already ends with it)
 
 
-class PreflightError(ValueError):
+class PreflightError(UserError):
     """Some runs cannot work as configured; the message lists every problem and its fix."""
 
 
@@ -177,13 +178,16 @@ def check_dataset(name: str, specs: list[RunSpec]) -> tuple[list[Problem], str]:
 # extractors
 # ---------------------------------------------------------------------------------------------
 def check_extractors(specs: list[RunSpec]) -> tuple[list[Problem], list[str]]:
-    """Every (extractor, weights) that runs' hyperparameters name, resolved and verified once."""
-    from dgbench.models.extractors import ExtractorWeightsError, check_weights
+    """Every (extractor, weights) that runs' hyperparameters name, resolved and verified once.
+    Imports the extractors (and torch) only when a run names one."""
     needs: dict[tuple, list[RunSpec]] = {}
     for s in specs:
         if "extractor" in s.hparams:
             needs.setdefault((s.hparams["extractor"], s.hparams.get("extractor_weights")), []).append(s)
     problems, notes = [], []
+    if not needs:
+        return problems, notes
+    from dgbench.models.extractors import ExtractorWeightsError, check_weights
     for (name, weights), runs in needs.items():
         who = (f"needed by {plural(len(runs), 'run')} of {', '.join(sorted({r.method for r in runs}))} "
                f"on {', '.join(sorted({r.dataset for r in runs}))}")
@@ -246,8 +250,7 @@ def slurm_partitions() -> tuple[dict[str, dict] | None, str]:
 
 
 def _unknown_options(executor: str, opts: dict) -> list[Problem]:
-    cls = {"inline": orchestrate.InlineExecutor, "local": orchestrate.LocalExecutor,
-           "slurm": orchestrate.SlurmExecutor}[executor]
+    cls = orchestrate.executor_class(executor)
     known = set(inspect.signature(cls).parameters)
     bad = sorted(set(opts) - known)
     return [Problem(f"{executor} executor: unknown option(s) {bad}",

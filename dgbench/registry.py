@@ -1,22 +1,39 @@
 """Named registries for datasets, methods, backbones and feature extractors.
 
 Plug-ins register themselves with a decorator when their module is imported; `load_plugins`
-imports every module of the two plug-in packages (methods/ -> dgbench_methods,
-datasets/ -> dgbench_datasets) so that a name can be looked up without a central if/elif chain.
+imports every module of the plug-in packages (methods/ -> dgbench_methods, datasets/ ->
+dgbench_datasets, and dgbench.models) so that a name can be looked up without a central
+if/elif chain. A dataset lookup imports only the dataset plug-ins (they need no torch).
+
+`declared(key, compute)` keeps facts about plug-ins (a method's defaults and revision, a backbone's
+patch check) in a small file keyed by a fingerprint of every plug-in and engine source file, so
+that a fresh `sweep --dry-run` resolves run ids without importing the method and model plug-ins
+(which import torch, seconds). Any edit to a source file changes the fingerprint: the facts are
+then computed again from the classes themselves, never read stale.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import json
+import os
 import pkgutil
-from typing import Callable, Dict, TypeVar
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, TypeVar
+
+from dgbench.errors import UnknownName
 
 T = TypeVar("T")
+PACKAGES = ("dgbench.models", "dgbench_methods", "dgbench_datasets")
 
 
 class Registry(Dict[str, object]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, packages: tuple[str, ...] = PACKAGES):
         super().__init__()
         self.kind = kind
+        self.packages = packages              # the plug-in packages a lookup imports
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -27,18 +44,18 @@ class Registry(Dict[str, object]):
         return deco
 
     def get(self, name: str):  # type: ignore[override]
-        load_plugins()
+        load_plugins(self.packages)
         if name not in self:
             known = ", ".join(sorted(self)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}")
+            raise UnknownName(f"unknown {self.kind} {name!r}; known: {known}")
         return self[name]
 
     def names(self) -> list[str]:
-        load_plugins()
+        load_plugins(self.packages)
         return sorted(self)
 
 
-DATASETS = Registry("dataset")
+DATASETS = Registry("dataset", ("dgbench_datasets",))   # dataset plug-ins register datasets only
 METHODS = Registry("method")
 BACKBONES = Registry("backbone")
 EXTRACTORS = Registry("feature extractor")
@@ -48,16 +65,84 @@ register_method = METHODS.register
 register_backbone = BACKBONES.register
 register_extractor = EXTRACTORS.register
 
-_loaded = False
+_loaded: set[str] = set()
 
 
-def load_plugins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for pkg_name in ("dgbench.models", "dgbench_methods", "dgbench_datasets"):
+def load_plugins(packages: tuple[str, ...] = PACKAGES) -> None:
+    for pkg_name in packages:
+        if pkg_name in _loaded:
+            continue
+        _loaded.add(pkg_name)
         pkg = importlib.import_module(pkg_name)
         for info in pkgutil.iter_modules(pkg.__path__):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{pkg_name}.{info.name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# facts about plug-ins, kept between processes
+# ---------------------------------------------------------------------------------------------
+def _fingerprint() -> str:
+    """sha1 of (path, size, mtime) of every .py file of dgbench and the plug-in packages, with
+    the Python version: any edit, install or upgrade of a source gives a new one."""
+    h = hashlib.sha1(sys.version.encode())
+    for pkg in ("dgbench", "dgbench_methods", "dgbench_datasets"):
+        spec = importlib.util.find_spec(pkg)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            for folder, dirs, files in os.walk(root):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                for f in sorted(files):
+                    if f.endswith(".py"):
+                        st = os.stat(os.path.join(folder, f))
+                        h.update(f"{folder}/{f} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+_facts: dict[str, Any] | None = None
+
+
+def _facts_file() -> Path:
+    from dgbench.data.adapter import cache_dir
+    return cache_dir() / "plugins" / f"facts-{_fingerprint()}.json"
+
+
+def declared(key: str, compute: Callable[[], Any]) -> Any:
+    """The fact `key` (JSON-able), from the facts file of the current sources, else `compute()`
+    (which may import the plug-ins) stored there. Always returned as JSON gives it back (lists,
+    not tuples), whether just computed or read."""
+    global _facts
+    if set(PACKAGES) <= _loaded:             # the plug-ins are here anyway (and may add to the registries)
+        return json.loads(json.dumps(compute()))
+    if _facts is None:
+        try:
+            _facts = json.loads(_facts_file().read_text())
+        except (OSError, ValueError):
+            _facts = {}
+    if key not in _facts:
+        value = json.loads(json.dumps(compute()))
+        _facts[key] = value
+        try:
+            from dgbench.rundir import atomic_write_json
+            path = _facts_file()
+            atomic_write_json(path, _facts)
+            for old in path.parent.glob("facts-*.json"):     # those of other sources
+                if old != path:
+                    old.unlink(missing_ok=True)
+        except OSError:
+            pass                             # a read-only cache: computed again next time
+    return _facts[key]
+
+
+def method_names() -> list[str]:
+    return declared("methods", METHODS.names)
+
+
+def method_declaration(name: str) -> dict:
+    """{"defaults": the method class's hyperparameter defaults, "revision": its revision}."""
+    if name not in method_names():
+        raise UnknownName(f"unknown method {name!r}; known: {', '.join(method_names())}")
+
+    def compute() -> dict:
+        cls = METHODS.get(name)
+        return {"defaults": dict(cls.defaults), "revision": int(cls.revision)}
+    return declared(f"method:{name}", compute)

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from dgbench.errors import UserError
+
 SETTING_RE = re.compile(r"^(full|fewshot-(\d+))$")
 # The reference recipe's per-transform augmentation probability (the MaskGen reference recipe, Diaz et al. 2026). Methods with
 # their own pipelines (HeavyAug, BigAug) scale their published probabilities by aug_prob / this.
@@ -84,9 +86,16 @@ class TrainConfig:
         else:
             bad += self._backbone_problems()
         if bad:
-            raise ValueError("training option(s): " + "; ".join(bad))
+            raise UserError("training option(s): " + "; ".join(bad))
 
     def _backbone_problems(self) -> list[str]:
+        """What the backbone says about these kwargs and this patch (kept by registry.declared:
+        a fresh process does not import the backbones, and torch, to check a sweep)."""
+        from dgbench.registry import declared
+        key = _canonical([self.backbone, self.backbone_kwargs, list(self.patch_size)])
+        return declared(f"backbone-check:{key}", self._check_backbone)
+
+    def _check_backbone(self) -> list[str]:
         import inspect
         from dgbench.registry import BACKBONES
         try:
@@ -114,14 +123,14 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise UserError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
         d = dict(d)
         for f in dataclasses.fields(cls):   # "1e-3" from YAML or the command line is a number here
             if f.name in d and isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
                 try:
                     d[f.name] = type(f.default)(float(d[f.name]) if type(f.default) is float else d[f.name])
                 except (TypeError, ValueError):
-                    raise ValueError(f"training option {f.name} must be a number, got {d[f.name]!r}") from None
+                    raise UserError(f"training option {f.name} must be a number, got {d[f.name]!r}") from None
         if isinstance(d.get("compile"), bool):   # YAML reads on/off as booleans
             d["compile"] = "on" if d["compile"] else "off"
         if "patch_size" in d:
@@ -155,10 +164,13 @@ class RunSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     split_sha: str = ""                           # checksum of the split file used
     method_revision: int = 0                      # the method class's `revision` (Method.revision)
+    # resolved against a split that `dgbench prepare` has not derived from the files yet: split_sha,
+    # so the run id, is a stand-in until then (plans show no id; run_specs refuses to run it)
+    provisional: bool = field(default=False, compare=False)
 
     def __post_init__(self):
         if not SETTING_RE.match(self.setting):
-            raise ValueError(f"setting must be 'full' or 'fewshot-N', got {self.setting!r}")
+            raise UserError(f"setting must be 'full' or 'fewshot-N', got {self.setting!r}")
 
     @property
     def fewshot(self) -> int | None:
@@ -181,24 +193,45 @@ class RunSpec:
                    method_revision=int(d.get("method_revision", 0)))
 
     @property
+    def shown_id(self) -> str:
+        """The run id, or for a provisional spec the id's known fields and "<after prepare>"."""
+        if self.provisional:
+            return f"{self.dataset}_{self.method}_{self.setting}_s{self.seed}_<after prepare>"
+        return self.run_id
+
+    @property
     def run_id(self) -> str:
         digest = hashlib.sha1(_canonical(self.to_dict()).encode()).hexdigest()[:10]
         return f"{self.dataset}_{self.method}_{self.setting}_s{self.seed}_{digest}"
 
 
+def check_hparams(method: str, hparams: dict | None, where: str = "hyperparameters") -> dict:
+    """The method's hyperparameters: its declared defaults (the class's ``defaults``) with
+    ``hparams`` over them. UserError naming the method's hyperparameters for any other key;
+    ``where`` says where the keys were given (``--hparam``, a sweep file's ``hparams``)."""
+    from dgbench.registry import method_declaration
+    defaults = method_declaration(method)["defaults"]
+    unknown = sorted(set(hparams or {}) - set(defaults))
+    if unknown:
+        raise UserError(f"{where}: unknown hyperparameter(s) {unknown} for method {method!r}; its "
+                        f"hyperparameters: {', '.join(sorted(defaults)) or 'none'}")
+    return {**defaults, **(hparams or {})}
+
+
 def resolve(dataset: str, method: str, seed: int = 0, setting: str = "full",
             hparams: dict | None = None, train: dict | None = None) -> RunSpec:
     """A complete RunSpec: method defaults, the dataset's recipe defaults and the split checksum
-    filled in. Reads only committed files (registry, splits), never the data."""
-    from dgbench.registry import DATASETS, METHODS
+    filled in. Reads only committed files (registry, splits), never the data, and imports no
+    method or model plug-in when their declarations are known (registry.declared)."""
+    from dgbench.registry import DATASETS, method_declaration
     adapter = DATASETS.get(dataset)()
-    cls = METHODS.get(method)
-    hp = cls.resolve_hparams(hparams)
+    revision = method_declaration(method)["revision"]
+    hp = check_hparams(method, hparams)
     cfg = TrainConfig.from_dict({**adapter.train_defaults, **(train or {})})
     cfg.check()
     split = adapter.split()
     spec = RunSpec(dataset=dataset, method=method, seed=int(seed), setting=setting, hparams=hp,
-                   train=cfg, split_sha=split.sha1, method_revision=cls.revision)
+                   train=cfg, split_sha=split.sha1, method_revision=revision, provisional=split.provisional)
     if spec.fewshot is not None:
         split.train_cases(spec.fewshot)  # raises if the split has no such subset
     return spec

@@ -29,9 +29,9 @@ TINY = {"steps": 6, "val_every": 6, "ckpt_every": 2, "batch_size": 1, "sw_overla
 
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="dgbench")
-    orch.register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
+    """A command through the real parser, exceptions raised (not printed)."""
+    from dgbench.cli import build_parser
+    args = build_parser(str(argv[0])).parse_args([str(a) for a in argv])
     return args.func(args)
 
 
@@ -262,7 +262,8 @@ def test_lock_contention_never_trains_a_run_twice(tmp_path):
 
 
 def test_requeued_task_takes_back_its_own_lock_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(orch, "slurm_job_states", lambda jobs: None)   # Slurm cannot be asked
+    from dgbench.orchestrate import slurm
+    monkeypatch.setattr(slurm, "slurm_job_states", lambda jobs: None)   # Slurm cannot be asked
     rd = RunDir(tmp_path / "runs" / "r")
     rd.path.mkdir(parents=True)
     holder = {"host": "node-7", "pid": 4242, "time": time.time()}
@@ -345,15 +346,16 @@ def test_slurm_submits_one_array_with_the_options(tmp_path):
 
 
 def test_executor_options_from_flags_and_file():
+    from dgbench.cli_args import add_executor_args, executor_options
     parser = argparse.ArgumentParser()
-    orch.add_executor_args(parser)
+    add_executor_args(parser)
     args = parser.parse_args(["--executor", "slurm", "--partition", "p", "--sbatch", "time-min=1:00:00",
                               "--sbatch", "exclusive", "--setup", "source env.sh", "--wait"])
-    name, opts = orch.executor_options(args, {"slurm": {"partition": "q", "gpus": 1, "setup": ["a"]}})
+    name, opts = executor_options(args, {"slurm": {"partition": "q", "gpus": 1, "setup": ["a"]}})
     assert name == "slurm"
     assert opts == {"partition": "p", "gpus": 1, "setup": ["a", "source env.sh"], "wait": True,
                     "sbatch": {"time-min": "1:00:00", "exclusive": True}}
-    name, opts = orch.executor_options(parser.parse_args([]), {"executor": "local", "local": {"workers": 3}})
+    name, opts = executor_options(parser.parse_args([]), {"executor": "local", "local": {"workers": 3}})
     assert (name, opts) == ("local", {"workers": 3})
 
 

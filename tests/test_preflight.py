@@ -340,3 +340,24 @@ def test_bad_cost_table_is_named(tmp_path):
         cost.load_table(bad)
     with pytest.raises(ValueError, match="not found"):
         cost.load_table(tmp_path / "none.yaml")
+
+
+def test_derived_split_run_ids_are_never_shown_or_run_before_prepare(folder, capsys):
+    """The folder dataset's split is derived from the files by `prepare`; its checksum is in the run
+    id, so before prepare a run has no id yet: the plan shows none, and nothing runs."""
+    argv = ["sweep", "--datasets", "folder", "--methods", "erm", "--results", str(folder.parent / "r"), "--dry-run"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert not re.search(r"folder_erm_full_s0_[0-9a-f]{10}", out)            # no id that prepare would change
+    assert "run      folder_erm_full_s0_<after prepare>  its id needs the split `dgbench prepare folder` derives" in out
+    assert f"fix: dgbench prepare folder --root {folder.resolve()}" in out
+    from dgbench.errors import UserError
+    from dgbench.orchestrate import run_specs
+    with pytest.raises(UserError, match="dataset folder: its split is derived from the files by `dgbench prepare folder"):
+        run_specs(expand(["folder"], ["erm"]), folder.parent / "r")
+    assert not (folder.parent / "r").exists()
+    assert main(["prepare", "folder", "--root", str(folder)]) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    (spec,) = expand(["folder"], ["erm"])
+    assert re.search(rf"^  run +{spec.run_id}$", capsys.readouterr().out, re.M)
