@@ -16,6 +16,8 @@ from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
+from dgbench.progress import progress as progress_bar
+
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
@@ -63,15 +65,17 @@ def mean_dice(rows: list[dict]) -> float:
 
 
 def evaluate_cases(net, method, prepared, cases: list[tuple[str, str]], train_cfg, device,
-                   amp_dtype=None, keep_predictions: set[str] | None = None, progress: bool = False):
+                   amp_dtype=None, keep_predictions: set[str] | None = None, progress: bool = False,
+                   desc: str = "evaluate"):
     """Evaluate (split, case_id) pairs. Returns (rows, predictions) with predictions for the
-    case ids in keep_predictions as {case: (image, label, pred)} numpy arrays."""
-    from tqdm import tqdm
+    case ids in keep_predictions as {case: (image, label, pred)} numpy arrays. ``progress``: a
+    bar named ``desc`` (dgbench.progress: plain lines off a terminal)."""
     adapter = prepared.adapter
     rows, kept = [], {}
     was_training = net.training
     net.eval()
-    for split, case_id in tqdm(cases, desc="evaluate", unit="case", disable=not progress, leave=False):
+    bar = progress_bar(len(cases), desc, "case", disable=not progress)
+    for split, case_id in cases:
         case = prepared.case(case_id)
         image = torch.from_numpy(whole_volume_minmax(case.image))[None, None].to(device)
         pred = predict(net, method, image, train_cfg.patch_size, train_cfg.sw_overlap,
@@ -84,5 +88,7 @@ def evaluate_cases(net, method, prepared, cases: list[tuple[str, str]], train_cf
         if keep_predictions and case_id in keep_predictions:
             kept[case_id] = (np.asarray(case.image, dtype=np.float16), np.asarray(case.label),
                              pred.numpy().astype(np.uint8))
+        bar.update()
+    bar.close()
     net.train(was_training)
     return rows, kept

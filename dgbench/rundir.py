@@ -13,8 +13,11 @@ Layout of ``<results>/runs/<run_id>/``::
     predictions/<case>.npz   image, label and pred of one target case per domain (for figures)
     checkpoints/last.pt, checkpoints/best.pt   full training state (model, optimiser, scheduler, step)
     checkpoints/prev.pt  the checkpoint last.pt replaced: the fallback when last.pt is unreadable
+    checkpoints/oracle_target_val.pt  the state at the best target-val score: the ORACLE
+                       "oracle-target-val" (dgbench.selection); only for splits with target-val cases
     val_history.csv    step, loss, val_dice (source-val mean Dice) - one row per validation;
-                       loss is the mean training loss since the previous validation
+                       loss is the mean training loss since the previous validation; a 4th column
+                       target_val_dice (the oracle's score) only for splits with target-val cases
     train_loss.csv     step, loss - the training loss of every step, rewritten at each checkpoint
                        (rows up to the checkpointed step; a resume drops rows past it)
     metrics.csv        per-case, per-class Dice, long format (columns: METRIC_COLUMNS)
@@ -23,7 +26,8 @@ Layout of ``<results>/runs/<run_id>/``::
     failed.json        final marker on error: {"error": last line, "traceback": full text, "time"}
 
 metrics.csv rows: one per (selection, split, case, class). ``selection`` is the checkpoint
-rule ("last" = final weights, "source-val" = best source-val mean Dice); ``split`` is "val"
+rule ("last" = final weights, "source-val" = best source-val mean Dice, "oracle-target-val" = best
+target-val mean Dice, an oracle for tables labelled so; see dgbench.selection); ``split`` is "val"
 (the held-out source cases), "test" (the target-domain test cases) or "target-val" (target
 cases the reference used for validation; only for a table labelled as an oracle); ``dice`` is NaN when the class
 is absent from the ground truth (``gt_present`` False; ``pred_present`` says whether the model
@@ -146,6 +150,7 @@ class RunDir:
     last_ckpt = property(lambda self: self.path / "checkpoints" / "last.pt")
     prev_ckpt = property(lambda self: self.path / "checkpoints" / "prev.pt")
     best_ckpt = property(lambda self: self.path / "checkpoints" / "best.pt")
+    oracle_ckpt = property(lambda self: self.path / "checkpoints" / "oracle_target_val.pt")
     val_history = property(lambda self: self.path / "val_history.csv")
     train_loss = property(lambda self: self.path / "train_loss.csv")
     metrics_file = property(lambda self: self.path / "metrics.csv")

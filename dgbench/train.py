@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import math
@@ -23,10 +22,12 @@ from dgbench.data.device_aug import DeviceAugmentation, DeviceOp, standard_devic
 from dgbench.data.sampling import PatchDataset, standard_augmentation
 from dgbench.evaluate import autocast, evaluate_cases, mean_dice
 from dgbench.method import MethodContext
+from dgbench.progress import progress as progress_bar
 from dgbench.models.backbones import build_backbone
 from dgbench.registry import DATASETS, METHODS
-from dgbench.rundir import (METRIC_COLUMNS, RunDir, RunFolderError, atomic_write_bytes, atomic_write_json,
-                            atomic_write_text, is_out_of_space, read_json)
+from dgbench.rundir import (RunDir, RunFolderError, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                            is_out_of_space, read_json)
+from dgbench.selection import ORACLE, append_val_history, final_metrics, write_metrics
 from dgbench.spec import RunSpec
 
 log = logging.getLogger("dgbench")
@@ -51,7 +52,8 @@ def step_seed(seed: int, step: int) -> int:
 
 
 class Trainer:
-    """Everything a run needs, built from the spec; `fit()` trains, `final_metrics()` evaluates."""
+    """Everything a run needs, built from the spec; `fit()` trains, `dgbench.selection.final_metrics`
+    evaluates."""
 
     def __init__(self, spec: RunSpec, rd: RunDir, device: torch.device | None = None, progress: bool = True):
         self.spec, self.rd, self.progress = spec, rd, progress
@@ -67,6 +69,9 @@ class Trainer:
                                f"file or start a new run.")
         self.split = split
         self.train_ids = split.train_cases(spec.fewshot)
+        self.val_cases = [("val", c) for c in split.val]
+        # the oracle's cases (dgbench.selection): scored at every validation, never used for training
+        self.target_val_cases = [("target-val", c) for ids in split.target_val.values() for c in ids]
         self.prepared = ensure_prepared(self.adapter)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -93,6 +98,7 @@ class Trainer:
                                      betas=(0.9, 0.999))
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.cfg.steps, eta_min=0.0)
         self.step, self.best_val, self.best_step = 0, -math.inf, -1
+        self.best_tv, self.best_tv_step = -math.inf, -1     # best target-val score: the oracle
         self.losses: list[float] = []    # training losses since the last validation
         self.loss_log: list[tuple[int, float]] = []   # (step, loss) of every step: train_loss.csv
         self.convergence: dict | None = None          # set by fit(): dgbench.convergence verdict
@@ -106,6 +112,7 @@ class Trainer:
     def state(self) -> dict:
         return {"model": self.net.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                 "step": self.step, "best_val": self.best_val, "best_step": self.best_step,
+                "best_target_val": self.best_tv, "best_target_val_step": self.best_tv_step,
                 "losses": list(self.losses), "run_id": self.spec.run_id, "dgbench": __version__, "torch": torch.__version__}
 
     def save(self, path: Path) -> None:
@@ -162,30 +169,44 @@ class Trainer:
         self.opt.load_state_dict(ck["opt"])
         self.sched.load_state_dict(ck["sched"])
         self.step, self.best_val, self.best_step = ck["step"], ck["best_val"], ck["best_step"]
+        self.best_tv, self.best_tv_step = ck.get("best_target_val", -math.inf), ck.get("best_target_val_step", -1)
         self.losses = list(ck.get("losses", []))
         # rows past the checkpoint came from a process killed after writing them
         self.loss_log = [r for r in convergence.read_train_loss(self.rd.train_loss) if r[0] <= self.step]
 
     # training -----------------------------------------------------------------------------
+    def evaluate(self, cases: list[tuple[str, str]], keep_predictions: set[str] | None = None,
+                 progress: bool = False, desc: str = "evaluate"):
+        """`dgbench.evaluate.evaluate_cases` with this run's network and settings: the one
+        evaluation path of validations and the final evaluation."""
+        return evaluate_cases(self.net, self.method, self.prepared, cases, self.cfg, self.device, self.amp,
+                              keep_predictions=keep_predictions, progress=progress, desc=desc)
+
     def validate(self) -> float:
-        rows, _ = evaluate_cases(self.net, self.method, self.prepared, [("val", c) for c in self.split.val],
-                                 self.cfg, self.device, self.amp)
-        return mean_dice(rows)
+        """Mean Dice (clean mean) over the source-val cases: the primary selection."""
+        return mean_dice(self.evaluate(self.val_cases)[0])
+
+    def validate_target(self) -> float | None:
+        """The same score over the target-val cases (the oracle); None when the split has none."""
+        return mean_dice(self.evaluate(self.target_val_cases)[0]) if self.target_val_cases else None
 
     def fit(self) -> None:
-        from tqdm import tqdm
         cfg, rd = self.cfg, self.rd
         if self.resume():
             rd.log(f"resumed from step {self.step}")
+        if self.target_val_cases:
+            rd.log(f"target-val: {len(self.target_val_cases)} target cases scored at every validation for the "
+                   f"oracle checkpoint ({ORACLE}, {rd.oracle_ckpt.name}); never used for the primary selection")
+        else:
+            rd.log(f"no target-val cases in the split: no oracle checkpoint and no '{ORACLE}' rows")
         self.net.train()
         sampler = range(self.step * cfg.batch_size, cfg.steps * cfg.batch_size)
         loader = torch.utils.data.DataLoader(self.data, batch_size=cfg.batch_size, sampler=sampler,
                                              num_workers=cfg.num_workers, drop_last=True,
                                              persistent_workers=cfg.num_workers > 0,
                                              pin_memory=self.device.type == "cuda")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.spec.run_id, unit="step",
-                   disable=not self.progress, leave=False)
-        t0, losses = time.time(), self.losses
+        bar = progress_bar(cfg.steps, self.spec.run_id, "step", initial=self.step, disable=not self.progress)
+        t0 = time.time()
         pending: list[torch.Tensor] = []   # this interval's losses, still on the device
         for batch in loader:
             x, y = self.batch_to_device(batch)
@@ -197,15 +218,7 @@ class Trainer:
             if self.step % cfg.val_every == 0 or self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self._read_losses(pending)
             if self.step % cfg.val_every == 0 or self.step == cfg.steps:
-                val = self.validate()
-                self._append_val(self.step, float(np.mean(losses)), val)
-                if val > self.best_val:
-                    self.best_val, self.best_step = val, self.step
-                    self.save(rd.best_ckpt)
-                rd.log(f"step {self.step}/{cfg.steps} loss {np.mean(losses):.4f} val_dice {val:.4f} "
-                       f"({time.time() - t0:.1f} s since last validation)")
-                bar.set_postfix(loss=f"{np.mean(losses):.3f}", val=f"{val:.3f}")
-                losses.clear()
+                bar.set_postfix(**self._validation_point(time.time() - t0))
                 t0 = time.time()
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self._write_train_loss()          # before last.pt: a resume may drop rows, never miss them
@@ -216,6 +229,32 @@ class Trainer:
         bar.close()
         self.convergence = convergence.of_run(rd.path, cfg.steps)
         rd.log(f"convergence: {convergence.describe(self.convergence)}")
+
+    def _validation_point(self, train_s: float) -> dict:
+        """Score source-val, and target-val where the split has it; record both in val_history.csv
+        and keep each rule's best weights (best.pt; oracle_target_val.pt). The scores never feed
+        back into training: the weights, optimiser and the torch seed of the next step (step_seed)
+        are untouched."""
+        t0 = time.time()
+        val = self.validate()
+        t1 = time.time()
+        tv = self.validate_target()
+        t2, loss = time.time(), float(np.mean(self.losses))
+        append_val_history(self.rd.val_history, self.step, loss, val, tv)
+        improved = []
+        if val > self.best_val:
+            self.best_val, self.best_step = val, self.step
+            improved.append(self.rd.best_ckpt)
+        if tv is not None and tv > self.best_tv:
+            self.best_tv, self.best_tv_step = tv, self.step
+            improved.append(self.rd.oracle_ckpt)
+        for path in improved:                    # after both updates: the files hold the same state
+            self.save(path)
+        oracle = "" if tv is None else f" target_val_dice {tv:.4f} (oracle, {t2 - t1:.1f} s)"
+        self.rd.log(f"step {self.step}/{self.cfg.steps} loss {loss:.4f} val_dice {val:.4f} ({t1 - t0:.1f} s)"
+                    f"{oracle} ({train_s:.1f} s of training since last validation)")
+        self.losses.clear()
+        return {"loss": f"{loss:.3f}", "val": f"{val:.3f}"}
 
     def batch_to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """A collated batch on the device (non-blocking; the loader pins it on CUDA), augmented
@@ -264,41 +303,6 @@ class Trainer:
         lines = ["step,loss"] + [f"{step},{loss:.6g}" for step, loss in self.loss_log]
         atomic_write_text(self.rd.train_loss, "\n".join(lines) + "\n")
 
-    def _append_val(self, step: int, loss: float, val: float) -> None:
-        rows = []
-        if self.rd.val_history.exists():
-            # drop rows past `step`: they came from a run killed after its last checkpoint
-            rows = [r for r in csv.DictReader(open(self.rd.val_history)) if int(r["step"]) < step]
-        rows.append({"step": step, "loss": f"{loss:.6f}", "val_dice": f"{val:.6f}"})
-        out = io.StringIO()
-        w = csv.DictWriter(out, fieldnames=["step", "loss", "val_dice"])
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(self.rd.val_history, out.getvalue())
-
-    # final evaluation ---------------------------------------------------------------------
-    def final_metrics(self) -> list[dict]:
-        cases = [("val", c) for c in self.split.val]
-        cases += [("test", c) for ids in self.split.test.values() for c in ids]
-        # target-val: stored for a labelled oracle table only; never used for selection here
-        cases += [("target-val", c) for ids in self.split.target_val.values() for c in ids]
-        keep = {ids[0] for ids in self.split.test.values() if ids}
-        rows, preds = evaluate_cases(self.net, self.method, self.prepared, cases, self.cfg, self.device,
-                                     self.amp, keep_predictions=keep, progress=self.progress)
-        out = [dict(r, selection="last") for r in rows]
-        if self.best_step not in (-1, self.step):   # else the last weights are the selected ones
-            self.net.load_state_dict(self.read_checkpoint(self.rd.best_ckpt)["model"])
-            rows, preds = evaluate_cases(self.net, self.method, self.prepared, cases, self.cfg, self.device,
-                                         self.amp, keep_predictions=keep, progress=self.progress)
-        out += [dict(r, selection="source-val") for r in rows]
-        for case_id, (image, label, pred) in preds.items():
-            buf = io.BytesIO()
-            np.savez_compressed(buf, image=image, label=label, pred=pred)
-            atomic_write_bytes(self.rd.path / "predictions" / f"{case_id}.npz", buf.getvalue())
-        s = self.spec
-        return [{"run_id": s.run_id, "dataset": s.dataset, "method": s.method, "setting": s.setting,
-                 "seed": s.seed, **r} for r in out]
-
 
 def pick_augmentation(method, cfg, sided: bool, seed: int, device: torch.device):
     """(where, device augmentation or None, CPU transforms or None) for train.aug_on.
@@ -319,15 +323,6 @@ def pick_augmentation(method, cfg, sided: bool, seed: int, device: torch.device)
                              f"--train aug_on=cpu (or auto, which keeps it on the CPU path).")
     spatial, intensity = standard_augmentation(cfg.patch_size, cfg.aug_prob, sided)
     return "cpu", None, method.augmentation(spatial, intensity)
-
-
-def write_metrics(rd: RunDir, rows: list[dict]) -> None:
-    out = io.StringIO()
-    w = csv.DictWriter(out, fieldnames=METRIC_COLUMNS)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{r[k]:.6f}" if k == "dice" and not math.isnan(r[k]) else r[k]) for k in METRIC_COLUMNS})
-    atomic_write_text(rd.metrics_file, out.getvalue())
 
 
 def write_spec(rd: RunDir, spec: RunSpec, extra: dict | None = None) -> None:
@@ -421,11 +416,14 @@ def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, de
         if spec_extra:
             rd.log(f"method info: {spec_extra}")
         trainer.fit()
-        write_metrics(rd, trainer.final_metrics())
+        write_metrics(rd, final_metrics(trainer))
         best = trainer.best_val if math.isfinite(trainer.best_val) else None   # no validation scored
+        oracle = ({"best_target_val_step": trainer.best_tv_step,
+                   "best_target_val_dice": trainer.best_tv if math.isfinite(trainer.best_tv) else None}
+                  if trainer.target_val_cases else {})
         rd.mark_done({"wall_s": round(time.time() - t0, 2), "steps": trainer.step, "best_step": trainer.best_step,
                       "best_val_dice": best, "device": str(trainer.device), "compile": trainer.compiled,
-                      "aug_on": trainer.aug_on, **spec_extra,
+                      "aug_on": trainer.aug_on, **oracle, **spec_extra,
                       "convergence": trainer.convergence})
         rd.log("done")
         return "done"

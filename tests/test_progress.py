@@ -62,3 +62,25 @@ def test_a_terminal_gets_tqdm_and_disable_prints_nothing():
     with pg.progress(10, "x", file=quiet, disable=True) as bar:
         bar.update(10)
     assert quiet.getvalue() == ""
+
+
+def test_a_run_off_a_terminal_writes_a_few_plain_lines(tmp_path, synth_prepared, capsys):
+    """train.py and evaluate.py bars through dgbench.progress: a log file gets at most a line per
+    10% of each bar (training steps; each final evaluation's cases), never tqdm's frames."""
+    from conftest import TINY_TRAIN
+    from dgbench.spec import resolve
+    from dgbench.train import execute
+    capsys.readouterr()
+    spec = resolve("synth", "erm", seed=0, train=TINY_TRAIN)
+    assert execute(spec, tmp_path, progress=True) == "done"
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s]" not in err              # no tqdm frame
+    lines = [line for line in err.splitlines() if line.strip()]
+    bars: dict[str, int] = {}
+    for line in lines:
+        desc = line.split(": ", 1)[0]
+        bars[desc] = bars.get(desc, 0) + 1
+    assert spec.run_id in bars and "evaluate last" in bars       # the training bar and the final evaluation
+    assert set(bars) <= {spec.run_id, "evaluate last", "evaluate source-val"}, bars
+    assert all(n <= 11 for n in bars.values()), bars             # 10% bands (+ the last line)
+    assert len(lines) <= 33

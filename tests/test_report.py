@@ -106,7 +106,9 @@ def test_bench_table_falls_back_to_last(tmp_path):
 GOLDEN_FILES = ["main.md", "main.tex", "main.csv", "main_last.md", "main_last.tex", "main_last.csv",
                 "fewshot.md", "fewshot.tex", "fewshot.csv", "perclass_amos.md", "perclass_amos.tex",
                 "perclass_amos.csv", "perclass_prostate.md", "perclass_prostate.tex", "perclass_prostate.csv",
-                "ranks.md", "ranks.tex", "ranks.csv", "pairwise.csv"]
+                "ranks.md", "ranks.tex", "ranks.csv", "pairwise.csv",
+                "main_oracle-target-val.md", "main_oracle-target-val.tex", "main_oracle-target-val.csv",
+                "fewshot_oracle-target-val.md", "fewshot_oracle-target-val.tex", "fewshot_oracle-target-val.csv"]
 
 
 @pytest.mark.parametrize("name", GOLDEN_FILES)
@@ -417,3 +419,26 @@ def test_a_paper_file_without_rows_gives_tables_with_a_note(tmp_path):
     empty.write_text("dataset,setting,method,metric,value,source\n")
     write_tables(TREE, tmp_path / "t", paper=empty, n_boot=0, figures=False)
     assert "Paper row omitted: no published number for these columns." in (tmp_path / "t" / "main.md").read_text()
+
+
+def test_oracle_table_is_separate_labelled_and_has_the_paper_rows(tables):
+    md = (tables / "main_oracle-target-val.md").read_text()
+    assert md.startswith("## Target-domain mean Dice (×100), selection 'oracle-target-val' — ORACLE (uses target labels)")
+    assert "with target-domain labels" in md and "like-for-like comparison with published numbers" in md
+    assert "| maskgen | **72.0 ± 1.4** | **1.00** |" in md          # source-val's 70.0 + the tree's 0.02
+    assert "| maskgen (paper) | 67.5 | – |" in md and "| Δ maskgen − paper | +4.5 | – |" in md
+    assert "left out: prostate." in md and "| prostate" not in md     # prostate runs: no target-val rows
+    few = (tables / "fewshot_oracle-target-val.md").read_text()
+    assert "ORACLE (uses target labels)" in few and "| maskgen | **51.0† (n=1)** |" in few
+    for name in ("main.md", "fewshot.md", "main_last.md", "ranks.md"):      # the primary tables stay source-val
+        assert "ORACLE" not in (tables / name).read_text(), name
+
+
+def test_no_oracle_rows_no_oracle_table(tmp_path):
+    res = _copy_tree(tmp_path)
+    for f in (res / "runs").glob("*/metrics.csv"):
+        df = pd.read_csv(f)
+        df[df["selection"] != "oracle-target-val"].to_csv(f, index=False)
+    write_tables(res, tmp_path / "out", paper=True, n_boot=0, figures=False)
+    assert not list((tmp_path / "out").glob("*oracle*"))
+    assert (tmp_path / "out" / "main_last.md").exists()

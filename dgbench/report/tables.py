@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dgbench.report.common import DAGGER, DASH, DECIMALS, REF_METHOD, SCALE, Table, _MISSING_NOTE, _col_label_main, _int_columns, _rank_scores, _seed_stats, _slug, fmt_cell, selection_label
+from dgbench.report.common import DAGGER, DASH, DECIMALS, ORACLE_NOTE, REF_METHOD, SCALE, Table, _MISSING_NOTE, _col_label_main, _int_columns, _rank_scores, _seed_stats, _slug, fmt_cell, is_oracle, selection_label
 from dgbench.report.collect import Accounting, Collection, _bad_ids, _convergence_notes, _grid_accounting, _select_runs, class_scores, run_scores
 
 # ------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
         rows.append([meth, *cells])
         bold.append([False, *b])
         csv_rows.append(rec)
-    notes = [f"Selection: {selection_label(selection)}."]
+    notes = [f"Selection: {selection_label(selection)}."] + ([ORACLE_NOTE] if is_oracle(selection) else [])
     paper_here = None
     if paper is not None:
         wanted = set(cols)
