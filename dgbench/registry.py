@@ -108,18 +108,19 @@ def _facts_file() -> Path:
 
 def declared(key: str, compute: Callable[[], Any]) -> Any:
     """The fact `key` (JSON-able), from the facts file of the current sources, else `compute()`
-    (which may import the plug-ins) stored there. Always returned as JSON gives it back (lists,
-    not tuples), whether just computed or read."""
+    (which may import the plug-ins) stored there. Once the plug-ins are imported in this process
+    it is always computed (a registration made since counts). Always returned as JSON gives it
+    back (lists, not tuples), whether just computed or read."""
     global _facts
-    if set(PACKAGES) <= _loaded:             # the plug-ins are here anyway (and may add to the registries)
-        return json.loads(json.dumps(compute()))
     if _facts is None:
         try:
             _facts = json.loads(_facts_file().read_text())
         except (OSError, ValueError):
             _facts = {}
-    if key not in _facts:
-        value = json.loads(json.dumps(compute()))
+    if key in _facts and not set(PACKAGES) <= _loaded:
+        return _facts[key]
+    value = json.loads(json.dumps(compute()))
+    if _facts.get(key) != value:
         _facts[key] = value
         try:
             from dgbench.rundir import atomic_write_json
@@ -130,7 +131,7 @@ def declared(key: str, compute: Callable[[], Any]) -> Any:
                     old.unlink(missing_ok=True)
         except OSError:
             pass                             # a read-only cache: computed again next time
-    return _facts[key]
+    return value
 
 
 def method_names() -> list[str]:
