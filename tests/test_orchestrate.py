@@ -1,7 +1,7 @@
 """Sweeps, executors and run state (dgbench.orchestrate).
 
-Unit tests use fake run folders and a mocked sbatch; the local-pool tests train real (tiny) runs
-on the embedded synthetic benchmark."""
+Unit tests use fake run folders and fake Slurm commands on PATH (sbatch, squeue, sacct, scancel,
+srun); the local-pool tests train real (tiny) runs on the embedded synthetic benchmark."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import yaml
@@ -261,9 +260,8 @@ def test_lock_contention_never_trains_a_run_twice(tmp_path):
         rd.release_lock()
 
 
-def test_requeued_task_takes_back_its_own_lock_only(tmp_path, monkeypatch):
-    from dgbench.orchestrate import slurm
-    monkeypatch.setattr(slurm, "slurm_job_states", lambda jobs: None)   # Slurm cannot be asked
+def test_requeued_task_takes_back_its_own_lock_only(tmp_path, fake_slurm):
+    fake_slurm.set(squeue_fails=True)          # Slurm cannot be asked
     rd = RunDir(tmp_path / "runs" / "r")
     rd.path.mkdir(parents=True)
     holder = {"host": "node-7", "pid": 4242, "time": time.time()}
@@ -306,43 +304,98 @@ def test_local_worker_pins_its_gpu_and_threads(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Slurm submission, mocked sbatch
+# Slurm submission through submitit's public path: fake sbatch / squeue / sacct / scancel / srun
 # ---------------------------------------------------------------------------------------------
-def mocked_sbatch(job_id: int = 4242):
-    """Patch submitit so that sbatch is never run: the submission script is kept for checks."""
-    calls = []
+FAKE_SLURM = """#!{python}
+import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+name = os.path.basename(sys.argv[0])
+with open(os.path.join(here, "calls.jsonl"), "a") as f:
+    f.write(json.dumps([name] + sys.argv[1:]) + "\\n")
+states = json.load(open(os.path.join(here, "states.json"))) if os.path.exists(os.path.join(here, "states.json")) else {{}}
+if name == "sbatch":
+    print("Submitted batch job 4242")
+elif name == "squeue":
+    if states.get("squeue_fails"):
+        sys.exit("squeue: error: cannot reach slurmctld")
+    for job, st in states.get("jobs", {{}}).items():
+        print(job, st)
+elif name == "sacct":
+    print("JobID|State|NodeList")
+    for job, st in states.get("jobs", {{}}).items():
+        print(f"{{job}}|{{st}}|node-1")
+"""
 
-    def fake_call(self, *args, **kwargs):
-        calls.append(list(self.command))
-        return f"Submitted batch job {job_id}\n"
 
-    return calls, [mock.patch("submitit.core.utils.CommandFunction.__call__", fake_call),
-                   mock.patch("submitit.slurm.slurm.SlurmExecutor.affinity", classmethod(lambda cls: 2))]
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """sbatch, squeue, sacct, scancel and srun on PATH: small scripts that record every call
+    (bin/calls.jsonl) and answer from bin/states.json ({"jobs": {id: state}, "squeue_fails": bool})."""
+    import sys
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name in ("sbatch", "squeue", "sacct", "scancel", "srun"):
+        (bin_ / name).write_text(FAKE_SLURM.format(python=sys.executable))
+        (bin_ / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+
+    class Slurm:
+        def calls(self, name: str) -> list[list[str]]:
+            path = bin_ / "calls.jsonl"
+            rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+            return [r[1:] for r in rows if r[0] == name]
+
+        def set(self, **states) -> None:
+            (bin_ / "states.json").write_text(json.dumps(states))
+    return Slurm()
 
 
-def test_slurm_submits_one_array_with_the_options(tmp_path):
+def test_slurm_submits_one_array_with_the_options(tmp_path, fake_slurm):
+    results = tmp_path / "results"
     specs = orch.expand(["synth"], ["erm"], seeds=range(5), train={"steps": 5})
-    fake_run(tmp_path, specs[0], "done")
-    calls, patches = mocked_sbatch()
-    with patches[0], patches[1]:
-        states = orch.run_specs(specs, tmp_path, executor="slurm", wait=False, partition="gpu",
-                                account="lab", qos="high", time=60, gpus=1, cpus=4, mem_gb=16,
-                                array_parallelism=2, sbatch={"constraint": "a100", "exclusive": True},
-                                setup=["module load cuda"])
+    fake_run(results, specs[0], "done")
+    states = orch.run_specs(specs, results, executor="slurm", wait=False, partition="gpu",
+                            account="lab", qos="high", time=60, gpus=1, cpus=4, mem_gb=16,
+                            array_parallelism=2, sbatch={"constraint": "a100", "exclusive": True},
+                            setup=["module load cuda"])
     assert states == {specs[0].run_id: "done", **{s.run_id: "submitted" for s in specs[1:]}}
-    assert len(calls) == 1 and calls[0][0] == "sbatch"
-    script = Path(calls[0][1]).read_text()
+    (call,) = fake_slurm.calls("sbatch")                # one array, one sbatch
+    script = Path(call[0]).read_text()
     for line in ("--array=0-3%2", "--partition=gpu", "--account=lab", "--qos=high", "--time=60",
                  "--gpus-per-node=1", "--cpus-per-task=4", "--mem=16GB", "--constraint=a100",
                  "#SBATCH --exclusive\n", "module load cuda"):
         assert line in script, line
     for i, spec in enumerate(specs[1:]):
-        info = json.loads((tmp_path / "runs" / spec.run_id / orch.EXECUTOR_FILE).read_text())
+        info = json.loads((results / "runs" / spec.run_id / orch.EXECUTOR_FILE).read_text())
         assert info["job_id"] == f"4242_{i}"
-        assert orch.spec_from_file(tmp_path / "runs" / spec.run_id / "spec.json") == spec
+        assert orch.spec_from_file(results / "runs" / spec.run_id / "spec.json") == spec
     # the queued runs show up as pending, with their job
-    rows = {r["run_id"]: r for r in orch.collect_status(tmp_path)}
+    rows = {r["run_id"]: r for r in orch.collect_status(results)}
     assert rows[specs[1].run_id]["state"] == "pending" and rows[specs[1].run_id]["job_id"] == "4242_0"
+
+
+def test_slurm_wait_ends_when_squeue_says_the_jobs_ended(tmp_path, fake_slurm):
+    """A job that ended without a result file and without a final marker (cancelled, node lost)
+    is "interrupted"; one whose run folder says done is "done". Squeue is asked, never trusted over
+    the folder."""
+    results = tmp_path / "results"
+    specs = orch.expand(["synth"], ["erm"], seeds=range(2), train={"steps": 5})
+    fake_slurm.set(jobs={"4242_0": "CANCELLED", "4242_1": "RUNNING"})
+    ex = orch.get_executor("slurm", wait=True, time=60, poll_s=0.05, timeout_s=60)
+    jobs = ex.submit(specs, results)
+    assert [j.job_id for j in jobs.values()] == ["4242_0", "4242_1"]
+    RunDir.for_run(results, specs[1].run_id).mark_done({"steps": 5})     # the running job's run finished
+    assert ex.wait_for(jobs, results) == {specs[0].run_id: "interrupted", specs[1].run_id: "done"}
+    assert all(call[:4] == ["-h", "-r", "-t", "all"] and call[5] == "4242" for call in fake_slurm.calls("squeue"))
+    # a running run whose job has ended is stale in the plan and in status (one answer: rundir.scan)
+    fake_run(results, specs[0], "running", step=3)
+    lock = json.loads(RunDir.for_run(results, specs[0].run_id).lock_file.read_text())
+    atomic_write_json(RunDir.for_run(results, specs[0].run_id).lock_file, {**lock, "host": "node-1"})
+    assert [a for _, a, _ in orch.plan_runs(specs[:1], results)] == ["run"]
+    assert orch.collect_status(results)[0]["state"] == "stale"
+    fake_slurm.set(jobs={"4242_0": "RUNNING"})
+    assert [a for _, a, _ in orch.plan_runs(specs[:1], results)] == ["running"]
+    assert {r["run_id"]: r["state"] for r in orch.collect_status(results)}[specs[0].run_id] == "running"
 
 
 def test_executor_options_from_flags_and_file():

@@ -166,8 +166,9 @@ def test_failing_run_is_reported_with_its_error(slurm, tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("DGBENCH_SLURM_REQUEUE"), reason="3-minute requeue test: DGBENCH_SLURM_REQUEUE=1")
 def test_preempted_job_is_requeued_and_resumes(slurm, tmp_path, request):
-    """Simulated preemption (submitit's _interrupt): checkpoint() requeues the same job id, which
-    resumes the run from its last checkpoint."""
+    """Simulated preemption, as Slurm preempts: SIGTERM, then the signal submitit asks Slurm for
+    before the end (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise), sent with scancel.
+    checkpoint() requeues the same job id, which resumes the run from its last checkpoint."""
     spec = orch.expand(["synth"], ["erm"], seeds=[3], train={**TINY, "steps": 40, "val_every": 40})[0]
     ex = orch.get_executor("slurm", wait=False, **{**SLURM, "time": 20})
     (job,) = ex.submit([spec], tmp_path).values()
@@ -177,7 +178,8 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tmp_path, request):
         assert time.time() < deadline, "never reached a checkpoint"
         time.sleep(0.5)
     t0 = time.time()
-    job._interrupt(timeout=False)
+    for signal in ("SIGTERM", os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")):
+        subprocess.run(["scancel", job.job_id, "--signal", signal], check=True)
     states = ex.wait_for({spec.run_id: job}, tmp_path)
     _say(request, f"\n[slurm] preempt -> requeue -> done: {time.time() - t0:.1f} s")
     assert states == {spec.run_id: "done"}
