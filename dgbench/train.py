@@ -218,7 +218,7 @@ class Trainer:
             if self.step % cfg.val_every == 0 or self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self._read_losses(pending)
             if self.step % cfg.val_every == 0 or self.step == cfg.steps:
-                bar.set_postfix(**self._validation_point(time.time() - t0))
+                bar.set_postfix(**self._validation_point(t0))
                 t0 = time.time()
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self._write_train_loss()          # before last.pt: a resume may drop rows, never miss them
@@ -230,7 +230,7 @@ class Trainer:
         self.convergence = convergence.of_run(rd.path, cfg.steps)
         rd.log(f"convergence: {convergence.describe(self.convergence)}")
 
-    def _validation_point(self, train_s: float) -> dict:
+    def _validation_point(self, since: float) -> dict:
         """Score source-val, and target-val where the split has it; record both in val_history.csv
         and keep each rule's best weights (best.pt; oracle_target_val.pt). The scores never feed
         back into training: the weights, optimiser and the torch seed of the next step (step_seed)
@@ -250,9 +250,9 @@ class Trainer:
             improved.append(self.rd.oracle_ckpt)
         for path in improved:                    # after both updates: the files hold the same state
             self.save(path)
-        oracle = "" if tv is None else f" target_val_dice {tv:.4f} (oracle, {t2 - t1:.1f} s)"
-        self.rd.log(f"step {self.step}/{self.cfg.steps} loss {loss:.4f} val_dice {val:.4f} ({t1 - t0:.1f} s)"
-                    f"{oracle} ({train_s:.1f} s of training since last validation)")
+        oracle = ("", "") if tv is None else (f" target_val_dice {tv:.4f}", f", target-val (oracle) {t2 - t1:.1f} s")
+        self.rd.log(f"step {self.step}/{self.cfg.steps} loss {loss:.4f} val_dice {val:.4f}{oracle[0]} (source-val "
+                    f"{t1 - t0:.1f} s{oracle[1]}) ({time.time() - since:.1f} s since last validation)")
         self.losses.clear()
         return {"loss": f"{loss:.3f}", "val": f"{val:.3f}"}
 

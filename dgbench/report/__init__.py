@@ -19,9 +19,12 @@ Ranks are per dataset (1 = best) on the cell means **rounded to the shown precis
 datasets; a method without a result on a dataset takes the worst rank there and is flagged.
 
 Model selection: ``metrics.csv`` holds rows for each checkpoint rule (``selection``):
-"source-val" (primary; best source-validation Dice), "last" (reference protocol: final
-weights). Any rule that looks at target labels (name containing "target" or "oracle") is an
-oracle and its tables are labelled "ORACLE (uses target labels)". When several
+"source-val" (primary; best source-validation Dice), "last" (final weights) and, for splits
+with target-val cases, "oracle-target-val" (best target-val Dice: the published MaskGen
+reference code's selection, see dgbench.selection). Any rule that looks at target labels (name
+containing "target" or "oracle") is an oracle: its tables (main_<rule>, fewshot_<rule>) are
+labelled "ORACLE (uses target labels)", carry the published rows (``--paper``) and only the
+columns that have its rows. When several
 hyperparameter configurations exist for one (dataset, method, setting), the configuration
 with the best mean source-val Dice over its seeds is used (DomainBed's training-domain
 validation) and the table says so.

@@ -159,8 +159,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS/tables)")
     p.add_argument("--selection", default=PRIMARY,
                    help="model-selection rule for the main tables: source-val (default, primary), last "
-                        "(reference protocol) or any rule present in metrics.csv; rules that use target "
-                        "labels are labelled ORACLE. Other rules found get main_<rule> tables.")
+                        "(final weights) or any rule present in metrics.csv; rules that use target labels "
+                        "(oracle-target-val: the published MaskGen code's selection on target-val cases) are "
+                        "labelled ORACLE. Other rules found get main_<rule> tables (oracles also fewshot_<rule>, "
+                        "with the --paper rows).")
     p.add_argument("--paper", nargs="?", const=True, default=None, metavar="CSV",
                    help="add the published MaskGen row and the difference to the main table "
                         f"(default file: {default_paper_file()})")
