@@ -225,7 +225,8 @@ def main(argv=None) -> int:
     if a.tiny:
         os.environ.setdefault("DGBENCH_COMPILE_BACKEND", "aot_eager")
     from dgbench import accel
-    from dgbench.train import amp_dtype_for, pick_device
+    from dgbench.amp import amp_dtype_for
+    from dgbench.train import pick_device
     device = pick_device()
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     global T0
@@ -270,8 +271,11 @@ def main(argv=None) -> int:
     from dgbench.method import MethodContext
     from dgbench.registry import DATASETS, METHODS
     from dgbench.models.backbones import build_backbone
+    from dgbench.train import loop_loss
     adapter = DATASETS.get("synth")()
-    mg = METHODS.get("maskgen")({"extractor": p["extractor"]}, MethodContext(adapter, None, device))
+    ctx = MethodContext(loss_fn=loop_loss(), amp_dtype=amp, n_classes=adapter.n_classes, sided=adapter.sided,
+                        patch_size=tuple(p["sizes"][0]), aug_prob=0.33, device=device)
+    mg = METHODS.get("maskgen")({"extractor": p["extractor"]}, ctx)
     mg.extractor.to(device)
     net = build_backbone("unet", mg.input_channels(), adapter.n_classes, **p["backbone"]).to(device)
     reset_peak(device)

@@ -16,11 +16,8 @@ from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
+from dgbench.amp import autocast
 from dgbench.progress import progress as progress_bar
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def whole_volume_minmax(image: np.ndarray) -> np.ndarray:

@@ -17,10 +17,11 @@ import torch
 from monai.losses import DiceCELoss
 
 from dgbench import __version__, accel, convergence
+from dgbench.amp import amp_dtype_for, autocast
 from dgbench.data.cache import ensure_prepared
 from dgbench.data.device_aug import DeviceAugmentation, DeviceOp, standard_device_augmentation
 from dgbench.data.sampling import PatchDataset, standard_augmentation
-from dgbench.evaluate import autocast, evaluate_cases, mean_dice
+from dgbench.evaluate import evaluate_cases, mean_dice
 from dgbench.method import MethodContext
 from dgbench.progress import progress as progress_bar
 from dgbench.models.backbones import build_backbone
@@ -41,10 +42,9 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
-    if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+def loop_loss() -> DiceCELoss:
+    """The loop's supervised loss for every method (Dice + cross-entropy, Diaz et al. 2026)."""
+    return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -78,9 +78,11 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(spec.seed)
-        self.loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
-        self.method = METHODS.get(spec.method)(spec.hparams, MethodContext(self.adapter, self.cfg, self.device,
-                                                                           self.loss_fn))
+        self.loss_fn = loop_loss()
+        ctx = MethodContext(loss_fn=self.loss_fn, amp_dtype=self.amp, n_classes=self.adapter.n_classes,
+                            sided=self.adapter.sided, patch_size=tuple(self.cfg.patch_size),
+                            aug_prob=self.cfg.aug_prob, device=self.device)
+        self.method = METHODS.get(spec.method)(spec.hparams, ctx)
         net = build_backbone(self.cfg.backbone, self.method.input_channels(), self.adapter.n_classes,
                              **self.cfg.backbone_kwargs)
         # channels-last 3-D: measured 1.4-2x faster conv steps on CPU (benchmarks/throughput.py)
@@ -290,10 +292,7 @@ class Trainer:
         x, y = self.method.train_batch(net, x, y)
         with autocast(self.device, self.amp):
             logits = net(x)
-            loss = self.method.supervised_loss(self.loss_fn, logits, y)
-            extra = self.method.extra_loss(net, x, y, logits)
-            if extra is not None:
-                loss = loss + extra
+            loss = self.method.loss(net, x, y, logits)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -1,5 +1,6 @@
-"""Pieces shared by the baseline methods (as benchmarked by Diaz et al. 2026): view consistency, per-sample min-max,
-B-spline smooth random fields, a base class for our own per-sample CPU transforms, the split of
+"""Pieces shared by the baseline methods (as benchmarked by Diaz et al. 2026): the loss on one of
+stacked views, view consistency, per-sample min-max, B-spline smooth random fields, a base class
+for our own per-sample CPU transforms, the split of
 the standard augmentation into its geometric and intensity parts, and the scaling of published
 per-transform probabilities to the run's augmentation strength (`aug_prob`).
 
@@ -18,45 +19,7 @@ from monai.utils import convert_to_dst_type
 from torch import nn
 from dgbench.spec import REFERENCE_AUG_PROB
 
-# --- the recipe the loop uses ------------------------------------------------------------------
-
-_LOSS = None
-
-
-def loop_loss(ctx=None):
-    """The loop's supervised loss (Dice + cross-entropy, Diaz et al. 2026). Taken from the context when the loop puts it
-    there (`ctx.loss_fn`), else an identical MONAI DiceCE."""
-    global _LOSS
-    fn = getattr(ctx, "loss_fn", None)
-    if fn is not None:
-        return fn
-    if _LOSS is None:
-        from monai.losses import DiceCELoss
-        _LOSS = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
-    return _LOSS
-
-
-def amp_context(ctx, device: torch.device):
-    """The loop's autocast for forwards a method runs itself inside `train_batch` (SLAug, AdvBias)."""
-    if ctx is None or getattr(ctx, "train", None) is None:
-        return contextlib.nullcontext()
-    from dgbench.evaluate import autocast
-    from dgbench.train import amp_dtype_for
-    return autocast(device, amp_dtype_for(ctx.train.amp, device))
-
-
-def is_sided(ctx) -> bool:
-    """Left/right labels: no flips or 90° rotations (the MaskGen reference recipe, Diaz et al. 2026). Unknown dataset -> sided (safe)."""
-    ds = getattr(ctx, "dataset", None)
-    return True if ds is None else bool(ds.sided)
-
-
-def n_classes(ctx, y: torch.Tensor) -> int:
-    """Label classes, background included: the dataset's count (its labels are validated at
-    `prepare`), else the largest label in `y` + 1 (a device sync; only without a dataset)."""
-    ds = getattr(ctx, "dataset", None)
-    return int(ds.n_classes) if ds is not None else int(y.max().item()) + 1
-
+# --- the loop's loss on stacked views -------------------------------------------------------
 
 def view_loss(loss_fn, logits: torch.Tensor, y: torch.Tensor, n_views: int, view: int = 0) -> torch.Tensor:
     """The loop's loss on one of `n_views` equal stacked views: RandConv and GIN-IPA (and AdvBias
@@ -95,10 +58,8 @@ def view_consistency(logits: torch.Tensor, n_views: int, direction: str = "to_me
 
 def aug_scale(ctx) -> float:
     """The run's augmentation strength relative to the reference recipe (REFERENCE_AUG_PROB, the
-    aug_prob at which the published probabilities of DA5 and BigAug apply unchanged): aug_prob / 0.33
-    (1 without a training config)."""
-    cfg = getattr(ctx, "train", None)
-    return 1.0 if cfg is None else float(cfg.aug_prob) / REFERENCE_AUG_PROB
+    aug_prob at which the published probabilities of DA5 and BigAug apply unchanged): aug_prob / 0.33."""
+    return float(ctx.aug_prob) / REFERENCE_AUG_PROB
 
 
 def scaled_prob(p: float, scale: float) -> float:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dgbench.amp import autocast
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import (SmoothField, amp_context, frozen_buffers, minmax,
-                                     unit_normalize, view_consistency, view_loss)
+from dgbench_methods._common import (SmoothField, frozen_buffers, minmax, unit_normalize, view_consistency,
+                                     view_loss)
 
 
 @register_method("advbias")
@@ -29,9 +30,8 @@ class AdvBias(Method):
     """Adversarial bias field: +1 clean forward, `steps` x (forward + input backward), 2x training batch."""
     defaults = {"epsilon": 0.3, "spacing": 32, "downscale": 2, "order": 3, "steps": 1, "step_size": 1.0,
                 "lambda_cons": 1.0, "supervise": "both"}
-    search_space = {"epsilon": [0.2, 0.3, 0.5], "lambda_cons": [0.0, 1.0]}
 
-    def __init__(self, hparams=None, ctx=None):
+    def __init__(self, hparams, ctx):
         super().__init__(hparams, ctx)
         if self.hp["supervise"] not in ("both", "adv"):
             raise ValueError(f"advbias: supervise must be both or adv, got {self.hp['supervise']!r}")
@@ -51,12 +51,12 @@ class AdvBias(Method):
         field = self.field(x.shape[2:])
         cp = field.random_points(x.shape[0], x.device)
         with frozen_buffers(net):
-            with torch.no_grad(), amp_context(self.ctx, x.device):
+            with torch.no_grad(), autocast(x.device, self.ctx.amp_dtype):
                 p_clean = F.softmax(net(x).float(), dim=1)
             for _ in range(int(self.hp["steps"])):
                 cp = cp.detach().requires_grad_(True)
                 xb = self.biased(x, cp)
-                with amp_context(self.ctx, x.device):       # autocast for the net only, not the field
+                with autocast(x.device, self.ctx.amp_dtype):    # autocast for the net only, not the field
                     logits = net(xb)
                 logp = F.log_softmax(logits.float(), dim=1)
                 div = F.kl_div(logp, p_clean, reduction="none").sum(1).mean()
@@ -69,12 +69,13 @@ class AdvBias(Method):
         x_adv = self.biased(x, cp).detach()
         return torch.cat([x.float(), x_adv]), torch.cat([y, y])
 
-    def supervised_loss(self, loss_fn, logits, y):
+    def loss(self, net, x, y, logits):
+        """The loop's loss on both halves (or the adversarial one), plus lambda_cons x the KL
+        consistency of the two predictions."""
         if self.hp["supervise"] == "adv":
-            return view_loss(loss_fn, logits, y, 2, view=1)
-        return super().supervised_loss(loss_fn, logits, y)
-
-    def extra_loss(self, net, x, y, logits):
+            loss = view_loss(self.ctx.loss_fn, logits, y, 2, view=1)
+        else:
+            loss = super().loss(net, x, y, logits)
         if self.hp["lambda_cons"] > 0:
-            return self.hp["lambda_cons"] * view_consistency(logits, 2, "to_mean")
-        return None
+            loss = loss + self.hp["lambda_cons"] * view_consistency(logits, 2, "to_mean")
+        return loss

@@ -92,13 +92,13 @@ class _GinBase(Method):
         hp = self.hp
         return gin_view(x, hp["n_layers"], hp["interm_channels"], tuple(hp["kernel_sizes"]))
 
-    def supervised_loss(self, loss_fn, logits, y):
-        return view_loss(loss_fn, logits, y, self.n_views)
-
-    def extra_loss(self, net, x, y, logits):
-        if self.n_views == 1:
-            return None
-        return self.hp["lambda_cons"] * view_consistency(logits, self.n_views, "from_mean", classes="mean")
+    def loss(self, net, x, y, logits):
+        """The loop's loss on view 1, plus lambda_cons x the KL consistency with more than one view."""
+        loss = view_loss(self.ctx.loss_fn, logits, y, self.n_views)
+        if self.n_views > 1:
+            loss = loss + self.hp["lambda_cons"] * view_consistency(logits, self.n_views, "from_mean",
+                                                                    classes="mean")
+        return loss
 
 
 @register_method("gin")
@@ -109,9 +109,8 @@ class GIN(_GinBase):
     them; views = 1 is a pure input transform. Default 3 views: the original's 'gin' experiment
     (models/exp_trainer.py `set_input_aug_sup`, `range(3)`; see the module docstring)."""
     defaults = {"n_layers": 4, "interm_channels": 2, "kernel_sizes": [1, 3], "views": 3, "lambda_cons": 10.0}
-    search_space = {"views": [1, 3]}
 
-    def __init__(self, hparams=None, ctx=None):
+    def __init__(self, hparams, ctx):
         super().__init__(hparams, ctx)
         self.n_views = int(self.hp["views"])
         if self.n_views < 1:
@@ -128,7 +127,6 @@ class GinIPA(_GinBase):
     """GIN + interventional pseudo-correlation augmentation with its consistency loss."""
     defaults = {"n_layers": 4, "interm_channels": 2, "kernel_sizes": [1, 3], "lambda_cons": 10.0,
                 "grid_spacing": 24, "downscale": 2, "order": 2, "epsilon": 0.3}
-    search_space = {"lambda_cons": [1.0, 3.0, 10.0, 30.0]}
 
     def blend_mask(self, batch: int, size, device) -> torch.Tensor:
         """Smooth random mask in [0, 1] per sample: (B, 1, *size). As in the GIN-IPA code (Ouyang et al. 2022):

@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import RandImageOp, aug_scale, gaussian_blob, geometric, is_sided, scaled_prob
+from dgbench_methods._common import RandImageOp, aug_scale, gaussian_blob, geometric, scaled_prob
 
 IMG, KEYS = ["image"], ["image", "label"]
 
@@ -217,12 +217,8 @@ class HeavyAug(Method):
     revision = 1    # 1: firing probabilities scale with train.aug_prob
     defaults = {"da5_geometry": True, "median_max": 8}
 
-    def patch(self):
-        cfg = getattr(self.ctx, "train", None)
-        return tuple(cfg.patch_size) if cfg is not None else (128, 128, 128)
-
     def augmentation(self, spatial, intensity):
-        sided, strength = is_sided(self.ctx), aug_scale(self.ctx)
-        own = da5_geometry(self.patch(), sided, strength) if self.hp["da5_geometry"] else []
+        sided, strength = self.ctx.sided, aug_scale(self.ctx)
+        own = da5_geometry(self.ctx.patch_size, sided, strength) if self.hp["da5_geometry"] else []
         return (spatial + own + geometric(intensity) + [T.NormalizeIntensityd(IMG)]
                 + da5_intensity(int(self.hp["median_max"]), strength))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dgbench.evaluate import autocast
+from dgbench.amp import autocast
 from dgbench.method import Method
 from dgbench.models.extractors import BUNDLED
 from dgbench.registry import register_method
@@ -28,9 +28,8 @@ class MaskGen(Method):
         "mask_on": "all",             # which channels may be masked: all | features | intensity
         "intensity": "keep",          # keep | zero (zero = the invariant, features-only predictor)
     }
-    search_space = {"p": [0.25, 0.5, 0.75, 0.9]}
 
-    def __init__(self, hparams=None, ctx=None):
+    def __init__(self, hparams, ctx):
         super().__init__(hparams, ctx)
         if not 0.0 <= self.hp["p"] < 1.0:
             raise ValueError(f"maskgen: p must be in [0, 1), got {self.hp['p']}")
@@ -51,15 +50,10 @@ class MaskGen(Method):
     def describe(self) -> dict:
         return self.extractor.metadata()
 
-    def _amp(self, x):
-        """The extractor's autocast dtype: the loop's train.amp ("auto" when there is no recipe)."""
-        from dgbench.train import amp_dtype_for
-        train = getattr(self.ctx, "train", None)
-        return amp_dtype_for(train.amp if train is not None else "auto", x.device)
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """[intensity, IN(f(x))] for x in [0, 1], shape B x 1 x D x H x W."""
-        with torch.no_grad(), autocast(x.device, self._amp(x)):
+        """[intensity, IN(f(x))] for x in [0, 1], shape B x 1 x D x H x W; the frozen extractor
+        runs under the loop's train.amp (`ctx.amp_dtype`)."""
+        with torch.no_grad(), autocast(x.device, self.ctx.amp_dtype):
             f = self.extractor(x)
         f = F.instance_norm(f.float(), eps=1e-5)
         img = torch.zeros_like(x) if self.hp["intensity"] == "zero" else x
@@ -93,14 +87,12 @@ class MaskGen(Method):
 class Concat(MaskGen):
     """Ablation: image + features, no masking (is the masking needed, or the extra channels?)."""
     defaults = {**MaskGen.defaults, "p": 0.0}
-    search_space = {}
 
 
 @register_method("features-only")
 class FeaturesOnly(MaskGen):
     """Ablation: the invariant predictor - features alone (intensity channel zero), no masking."""
     defaults = {**MaskGen.defaults, "p": 0.0, "intensity": "zero"}
-    search_space = {}
 
 
 @register_method("features-only-masked")

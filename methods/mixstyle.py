@@ -106,7 +106,6 @@ def encoder_stages(net: nn.Module) -> list[nn.Module]:
 class MixStyleMethod(Method):
     """MixStyle after the first `n_stages` encoder levels (never the deepest one, never the decoder)."""
     defaults = {"p": 0.5, "alpha": 0.3, "n_stages": 3}
-    search_space = {"p": [0.3, 0.5, 0.8], "alpha": [0.1, 0.3]}
 
     def wrap_network(self, net):
         stages = encoder_stages(net)
@@ -118,7 +117,6 @@ class MixStyleMethod(Method):
 class DSUMethod(Method):
     """DSU after every encoder level and (by default) after the bottleneck."""
     defaults = {"p": 0.5, "bottleneck": True}
-    search_space = {"p": [0.3, 0.5, 0.8]}
 
     def wrap_network(self, net):
         sites = encoder_stages(net)

@@ -35,7 +35,6 @@ class RandConv(Method):
     """rc_img: with probability `identity_prob` the clean image, else a random convolution of it."""
     defaults = {"kernel_sizes": [1, 3, 5, 7], "mixing": False, "identity_prob": 0.5, "bias": False,
                 "lambda_cons": 5.0}
-    search_space = {"lambda_cons": [0.0, 1.0, 5.0, 10.0]}
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         hp = self.hp
@@ -56,12 +55,13 @@ class RandConv(Method):
         views = torch.cat([self.view(x) for _ in range(n)])
         return views, y.repeat(n, *([1] * (y.ndim - 1)))
 
-    def supervised_loss(self, loss_fn, logits, y):
-        return view_loss(loss_fn, logits, y, self.n_views)
-
-    def extra_loss(self, net, x, y, logits):
+    def loss(self, net, x, y, logits):
+        """The loop's loss on the first view, plus lambda_cons x the KL consistency of the views."""
         n = self.n_views
-        return None if n == 1 else self.hp["lambda_cons"] * view_consistency(logits, n, "to_mean")
+        loss = view_loss(self.ctx.loss_fn, logits, y, n)
+        if n > 1:
+            loss = loss + self.hp["lambda_cons"] * view_consistency(logits, n, "to_mean")
+        return loss
 
 
 @register_method("randconv-mix")

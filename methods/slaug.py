@@ -10,17 +10,18 @@ On the device, after the standard augmentation (the label patch is the cropped, 
 
 The original trains on GLA and on the fused image with one optimiser step over both losses. Here
 `train_batch` runs the GLA forward itself (in training mode, under the loop's autocast), takes the
-input gradient with the graph kept, and returns the fused batch; `extra_loss` hands the GLA loss
-back to the loop, whose single backward then accumulates both losses' gradients, as the original.
+input gradient with the graph kept, and returns the fused batch; its `loss` adds the GLA loss to
+the fused batch's, so the loop's single backward accumulates both losses' gradients, as the original.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from dgbench.amp import autocast
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import amp_context, bspline_transpose, loop_loss, minmax, n_classes
+from dgbench_methods._common import bspline_transpose, minmax
 
 N_CURVE = 4096          # samples of each Bezier curve (the original uses 100 000 on the CPU)
 
@@ -124,24 +125,26 @@ def sbf_map(grad: torch.Tensor, grid: int = 3) -> torch.Tensor:
 class SLAug(Method):
     """GLA + label-aware LLA fused by the GLA loss's input saliency (2 forward/backward passes)."""
     defaults = {"grid": 3, "bg_threshold": 0.01}
-    search_space = {"grid": [3, 5]}
 
-    def __init__(self, hparams=None, ctx=None):
+    def __init__(self, hparams, ctx):
         super().__init__(hparams, ctx)
         self._gla_loss = None
 
     def train_batch(self, net, x, y):
         gla = global_la(x)
-        lla = local_la(x, y, n_classes(self.ctx, y), self.hp["bg_threshold"])
+        lla = local_la(x, y, self.ctx.n_classes, self.hp["bg_threshold"])
         gla = gla.detach().requires_grad_(True)
-        with amp_context(self.ctx, x.device):
+        with autocast(x.device, self.ctx.amp_dtype):
             logits = net(gla)
-            loss = loop_loss(self.ctx)(logits.float(), y)
+            loss = self.ctx.loss_fn(logits.float(), y)
         grad, = torch.autograd.grad(loss, gla, retain_graph=True)
         self._gla_loss = loss
         s = sbf_map(grad, int(self.hp["grid"]))
         return gla.detach() * s + lla * (1 - s), y
 
-    def extra_loss(self, net, x, y, logits):
-        loss, self._gla_loss = self._gla_loss, None
-        return loss
+    def loss(self, net, x, y, logits):
+        """The loop's loss on the fused batch plus the GLA loss of this step's `train_batch`
+        (handed over once)."""
+        loss = super().loss(net, x, y, logits)
+        gla, self._gla_loss = self._gla_loss, None
+        return loss if gla is None else loss + gla

@@ -44,7 +44,7 @@ from monai.networks.layers import GaussianFilter
 
 from dgbench.method import Method
 from dgbench.registry import register_method
-from dgbench_methods._common import geometric, minmax, n_classes, quiet_warp
+from dgbench_methods._common import geometric, minmax, quiet_warp
 
 
 def _grid(size, factor: float) -> list[int]:
@@ -82,9 +82,8 @@ class SynthSeg(Method):
                 "bias_std": 0.5, "bias_scale": 0.025, "gamma_std": 0.4,
                 "max_res_iso": 4.0, "max_res_aniso": 8.0, "prob_iso": 0.1, "prob_min": 0.05, "blur_range": 1.03,
                 "bg_clusters": 4, "p_real": 0.0}
-    search_space = {"p_real": [0.0, 0.5]}
 
-    def __init__(self, hparams=None, ctx=None):
+    def __init__(self, hparams, ctx):
         super().__init__(hparams, ctx)
         import warnings
         from monai.networks.blocks import DVF2DDF
@@ -114,7 +113,7 @@ class SynthSeg(Method):
     def generation_labels(self, x: torch.Tensor, y: torch.Tensor):
         """(generation labels, number of generation labels): y with its background split into
         `bg_clusters` intensity clusters of x."""
-        n, k = n_classes(self.ctx, y), int(self.hp["bg_clusters"])
+        n, k = self.ctx.n_classes, int(self.hp["bg_clusters"])
         if k <= 1:
             return y, n
         c = background_clusters(x, y, k)
@@ -123,7 +122,7 @@ class SynthSeg(Method):
     def gmm(self, y: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """One Gaussian per generation label of y (labels 0 .. n - 1; n defaults to the classes)."""
         b = y.shape[0]
-        n = n_classes(self.ctx, y) if n is None else int(n)
+        n = self.ctx.n_classes if n is None else int(n)
         (m0, m1), (s0, s1) = self.hp["mean_range"], self.hp["std_range"]
         means = m0 + (m1 - m0) * torch.rand(b, n, device=y.device)
         stds = s0 + (s1 - s0) * torch.rand(b, n, device=y.device)
@@ -190,4 +189,3 @@ class SynthSeg(Method):
 class SynthSegMix(SynthSeg):
     """synth_mix: the real image with probability 0.5, else the synthetic one."""
     defaults = {**SynthSeg.defaults, "p_real": 0.5}
-    search_space = {}

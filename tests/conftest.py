@@ -21,3 +21,13 @@ def synth_prepared():
     from dgbench.data.cache import ensure_prepared
     from dgbench.registry import DATASETS
     return ensure_prepared(DATASETS.get("synth")())
+
+
+def method_context(n_classes=3, sided=False, patch_size=(32, 32, 32), aug_prob=0.33, amp_dtype=None,
+                   device="cpu"):
+    """A real MethodContext for building a method outside a run: the loop's loss and the run's
+    facts as given (a run's own comes from `dgbench.train.Trainer`)."""
+    from dgbench.method import MethodContext
+    from dgbench.train import loop_loss
+    return MethodContext(loss_fn=loop_loss(), amp_dtype=amp_dtype, n_classes=n_classes, sided=sided,
+                         patch_size=tuple(patch_size), aug_prob=aug_prob, device=torch.device(device))

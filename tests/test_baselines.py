@@ -8,29 +8,18 @@ import pytest
 import torch
 from monai import transforms as T
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, method_context
 from dgbench.data.sampling import standard_augmentation
-from dgbench.method import MethodContext
 from dgbench.models.backbones import build_backbone
 from dgbench.registry import METHODS
-from dgbench.spec import TrainConfig
 
 BASELINES = ["heavyaug", "bigaug", "randconv", "randconv-mix", "gin", "gin-ipa", "mixstyle", "dsu",
              "slaug", "synthseg", "synthseg-mix", "advbias"]
 PATCH = (32, 32, 32)
 
 
-class FakeDataset:
-    def __init__(self, sided: bool, n_classes: int = 3):
-        self.sided, self.n_classes = sided, n_classes
-
-
-def ctx(sided=False, n_classes=3):
-    return MethodContext(FakeDataset(sided, n_classes), TrainConfig(patch_size=PATCH), torch.device("cpu"))
-
-
 def make(name, sided=False, n_classes=3, **hp):
-    return METHODS.get(name)(hp, ctx(sided, n_classes))
+    return METHODS.get(name)(hp, method_context(n_classes, sided, PATCH))
 
 
 def blob_label(shape=PATCH):
@@ -49,6 +38,60 @@ def walk(transforms):
     for t in transforms:
         yield t
         yield from walk(getattr(t, "transforms", ()))
+
+
+# --- the plug-in contract ----------------------------------------------------------------------
+
+# What a plug-in may import from the engine (docs/CONTRACTS.md, "Methods"): module -> names (None: any)
+PLUGIN_API = {"dgbench.method": None, "dgbench.amp": None, "dgbench.registry": {"register_method"},
+              "dgbench.models.extractors": None, "dgbench.models.backbones": None,
+              "dgbench.spec": {"REFERENCE_AUG_PROB"}}
+
+
+def test_plugins_import_only_the_plugin_api():
+    """methods/ reaches the engine only through the plug-in API, never the loop's or the
+    evaluator's internals (dgbench.train, dgbench.evaluate, ...)."""
+    import ast
+    from pathlib import Path
+    files = sorted((Path(__file__).resolve().parents[1] / "methods").glob("*.py"))
+    assert len(files) > 10
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                mods = [(a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                mods = [(node.module, {a.name for a in node.names})]
+            else:
+                continue
+            for mod, names in mods:
+                if mod.split(".")[0] != "dgbench":
+                    continue
+                assert mod in PLUGIN_API, f"{f.name} imports {mod}"
+                allowed = PLUGIN_API[mod]
+                assert allowed is None or (names is not None and names <= allowed), f"{f.name}: {mod} {names}"
+
+
+def test_the_loop_gives_methods_the_runs_facts(tmp_path, synth_prepared):
+    from dgbench.rundir import RunDir
+    from dgbench.spec import resolve
+    from dgbench.train import Trainer
+    spec = resolve("synth", "heavyaug", train={**TINY_TRAIN, "amp": "bf16", "aug_prob": 0.5})
+    tr = Trainer(spec, RunDir(tmp_path / "run"), device=torch.device("cpu"), progress=False)
+    ctx = tr.method.ctx
+    assert ctx.loss_fn is tr.loss_fn and ctx.amp_dtype is tr.amp is torch.bfloat16
+    assert (ctx.n_classes, ctx.sided) == (tr.adapter.n_classes, tr.adapter.sided)
+    assert ctx.patch_size == tuple(tr.cfg.patch_size) and ctx.aug_prob == 0.5 and ctx.device == tr.device
+
+
+def test_a_method_needs_its_context():
+    with pytest.raises(TypeError, match="needs a MethodContext"):
+        METHODS.get("erm")({}, None)
+    with pytest.raises(TypeError):
+        METHODS.get("erm")({})
+    ctx = method_context(n_classes=4, sided=True, patch_size=[16, 32, 48], aug_prob=0.5)
+    assert ctx.patch_size == (16, 32, 48) and ctx.n_classes == 4 and ctx.sided and ctx.amp_dtype is None
+    with pytest.raises(AttributeError):
+        ctx.n_classes = 5                                                   # frozen: the run's facts
 
 
 # --- feature statistics ------------------------------------------------------------------------
@@ -178,7 +221,7 @@ def test_randconv_kernel_sizes_from_its_set_and_one_kernel_per_batch():
 # --- consistency losses ----------------------------------------------------------------------------
 
 def test_consistency_losses_zero_for_identical_predictions():
-    from dgbench_methods._common import loop_loss, view_consistency
+    from dgbench_methods._common import view_consistency, view_loss
     torch.manual_seed(0)
     one = torch.randn(2, 4, 6, 6, 6)
     same = one.repeat(3, 1, 1, 1, 1)
@@ -186,24 +229,65 @@ def test_consistency_losses_zero_for_identical_predictions():
         assert view_consistency(same, 3, direction).abs() < 1e-6
         assert view_consistency(torch.randn(6, 4, 6, 6, 6), 3, direction) > 1e-3
     y = torch.randint(0, 4, (2, 1, 6, 6, 6)).repeat(3, 1, 1, 1, 1)
-    for name in ("randconv", "gin-ipa"):
-        assert make(name).extra_loss(None, None, y, same).abs() < 1e-6
-    a = make("advbias")
-    assert a.extra_loss(None, None, y[:4], one.repeat(2, 1, 1, 1, 1)).abs() < 1e-6
+    for name in ("randconv", "gin-ipa"):                    # identical views: only the supervised view's loss
+        m = make(name, n_classes=4)
+        assert torch.allclose(m.loss(None, None, y, same), view_loss(m.ctx.loss_fn, same, y, 3), atol=1e-6)
+    a = make("advbias", n_classes=4)
+    two = one.repeat(2, 1, 1, 1, 1)
+    assert torch.allclose(a.loss(None, None, y[:4], two), a.ctx.loss_fn(two, y[:4]), atol=1e-6)
     # the supervised part: one view for the multi-view methods, every sample otherwise
     logits = torch.randn(6, 4, 6, 6, 6, requires_grad=True)
     yy = torch.randint(0, 4, (6, 1, 6, 6, 6))
-    loss = loop_loss()
-    for name, hp, n, view in (("randconv", {}, 3, 0), ("gin-ipa", {}, 3, 0), ("gin", {"views": 3}, 3, 0),
+    for name, hp, n, view in (("gin-ipa", {}, 3, 0), ("gin", {"views": 3}, 3, 0),
                               ("advbias", {"supervise": "adv"}, 2, 1), ("advbias", {}, 1, 0),
                               ("erm", {}, 1, 0)):
-        got = make(name, **hp).supervised_loss(loss, logits, yy)
+        m = make(name, n_classes=4, **hp, **({} if name == "erm" else {"lambda_cons": 0.0}))
+        got = m.loss(None, None, yy, logits)
         sl = slice(view * 6 // n, (view + 1) * 6 // n)
-        assert torch.allclose(got, loss(logits[sl], yy[sl])), name
+        assert torch.allclose(got, m.ctx.loss_fn(logits[sl], yy[sl])), name
         (g,) = torch.autograd.grad(got, logits)
         outside = torch.ones(6, dtype=torch.bool)
         outside[sl] = False
         assert g[outside].abs().sum() == 0 and g[sl].abs().amax() > 0, name     # only that view learns
+
+
+def loss_before_one_hook(name, hp, loss_fn, logits, y):
+    """A method's step loss as the loop composed it before `Method.loss` replaced the two hooks
+    `supervised_loss` and `extra_loss`: supervised + extra, each as the method defined it."""
+    from dgbench_methods._common import view_consistency, view_loss
+    full = loss_fn(logits.float(), y)
+    if name in ("randconv", "randconv-mix"):
+        lam = hp.get("lambda_cons", 5.0 if name == "randconv" else 10.0)
+        return full if lam == 0 else view_loss(loss_fn, logits, y, 3) + lam * view_consistency(logits, 3, "to_mean")
+    if name in ("gin", "gin-ipa"):
+        n = hp.get("views", 3)
+        if n == 1:
+            return view_loss(loss_fn, logits, y, 1)
+        return view_loss(loss_fn, logits, y, n) + 10.0 * view_consistency(logits, n, "from_mean", classes="mean")
+    if name == "advbias":
+        sup = view_loss(loss_fn, logits, y, 2, view=1) if hp.get("supervise") == "adv" else full
+        lam = hp.get("lambda_cons", 1.0)
+        return sup + lam * view_consistency(logits, 2, "to_mean") if lam > 0 else sup
+    return full
+
+
+LOSS_VARIANTS = [(n, {}) for n in METHODS.names()] + [
+    ("advbias", {"supervise": "adv"}), ("advbias", {"lambda_cons": 0.0}), ("gin", {"views": 1}),
+    ("randconv", {"lambda_cons": 0.0})]
+
+
+@pytest.mark.parametrize("name,hp", LOSS_VARIANTS)
+def test_loss_hook_pins_each_methods_step_loss_exactly(name, hp):
+    """Every method's step loss, bit for bit: the loop's loss on the samples it supervises plus
+    its consistency term, as composed before the loss hooks were merged into `Method.loss`."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3, 6, 6, 6) * 3
+    y = torch.randint(0, 3, (6, 1, 6, 6, 6))
+    m = make(name, **hp)
+    got = m.loss(None, None, y, logits)
+    assert torch.equal(got, loss_before_one_hook(name, hp, m.ctx.loss_fn, logits, y)), name
+    assert got > 0.1
+
 
 
 # --- SLAug ---------------------------------------------------------------------------------------------
@@ -227,8 +311,12 @@ def test_slaug_curves_and_saliency_fusion():
     fused, y2 = m.train_batch(net, x, y)
     assert fused.shape == x.shape and torch.equal(y2, y) and fused.min() >= 0 and fused.max() <= 1
     assert all(p.grad is None for p in net.parameters())                    # saliency: input gradient only
-    gla_loss = m.extra_loss(net, fused, y, net(fused))
-    assert gla_loss.requires_grad and m.extra_loss(net, fused, y, None) is None   # handed over once
+    logits = net(fused)
+    gla_loss = m._gla_loss
+    assert gla_loss.requires_grad
+    plain = m.ctx.loss_fn(logits, y)
+    assert torch.equal(m.loss(net, fused, y, logits), plain + gla_loss)      # both losses, one backward
+    assert torch.equal(m.loss(net, fused, y, logits), plain)                  # the GLA loss is handed over once
 
 
 # --- SynthSeg -----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conftest import method_context
 from dgbench.evaluate import dice_per_class, mean_dice, predict
 from dgbench.method import Method
 
@@ -49,6 +50,6 @@ class Threshold(torch.nn.Module):
 def test_sliding_window_covers_the_whole_volume():
     img = torch.zeros(1, 1, 40, 36, 48)
     img[0, 0, 5:30, 3:20, 10:47] = 1.0
-    pred = predict(Threshold(), Method(), img, roi=(16, 16, 16), overlap=0.5, sw_batch_size=4)
+    pred = predict(Threshold(), Method({}, method_context(n_classes=2)), img, roi=(16, 16, 16), overlap=0.5, sw_batch_size=4)
     assert pred.shape == (40, 36, 48)
     assert torch.equal(pred, (img[0, 0] > 0.5).long())

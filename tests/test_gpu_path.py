@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, method_context
 from dgbench import accel
 from dgbench.rundir import RunDir
 from dgbench.spec import RunSpec, TrainConfig, resolve
@@ -47,12 +47,12 @@ def test_options_resolve_per_device_and_refuse_clearly(monkeypatch):
 
 
 def test_methods_with_their_own_pipelines_keep_the_cpu_path():
-    from dgbench.method import MethodContext
     from dgbench.registry import DATASETS, METHODS
     adapter = DATASETS.get("synth")()
     for name, where in (("erm", "device"), ("synthseg", "device"), ("heavyaug", "cpu"), ("bigaug", "cpu")):
         cfg = TrainConfig.from_dict({**adapter.train_defaults, "aug_on": "auto"})
-        method = METHODS.get(name)(None, MethodContext(adapter, cfg, CPU))
+        method = METHODS.get(name)(None, method_context(adapter.n_classes, adapter.sided, cfg.patch_size,
+                                                        cfg.aug_prob))
         got, aug, transforms = pick_augmentation(method, cfg, False, 0, torch.device("cuda"))  # "auto" on CUDA
         assert got == where, name
         assert (aug is None) == (where == "cpu") and (transforms is None) == (where == "device")

@@ -3,15 +3,15 @@ in eval mode through training and validation, and the ablations' channel semanti
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, method_context
 from dgbench.registry import METHODS
 from dgbench.rundir import RunDir
 from dgbench.spec import resolve
 from dgbench.train import Trainer
 
 
-def make(name, **hp):
-    return METHODS.get(name)(hp)
+def make(name, amp_dtype=None, **hp):
+    return METHODS.get(name)(hp, method_context(amp_dtype=amp_dtype))
 
 
 def test_masking_statistics_and_rescale():
@@ -87,11 +87,16 @@ def test_extractor_frozen_and_eval_after_training_and_validation(tmp_path, synth
 
 
 def test_extractor_precision_follows_the_recipe_amp():
-    """The frozen extractor runs under the loop's train.amp, not a fixed bf16-on-CUDA rule."""
-    from dgbench.method import MethodContext
-    from dgbench.spec import TrainConfig
-    x = torch.zeros(1, 1, 8, 8, 8)
-    for amp, dtype in (("bf16", torch.bfloat16), ("fp32", None), ("auto", None)):   # "auto" on a CPU: fp32
-        m = METHODS.get("maskgen")({}, MethodContext(None, TrainConfig(amp=amp), torch.device("cpu")))
-        assert m._amp(x) is dtype, amp
-    assert make("maskgen")._amp(x) is None                                        # no recipe: "auto"
+    """The frozen extractor runs under the loop's train.amp (`ctx.amp_dtype`), not a fixed
+    bf16-on-CUDA rule."""
+    from dgbench.amp import amp_dtype_for
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype_for("bf16", cpu) is amp_dtype_for("bf16", cuda) is amp_dtype_for("auto", cuda) is torch.bfloat16
+    assert amp_dtype_for("fp32", cpu) is amp_dtype_for("fp32", cuda) is amp_dtype_for("auto", cpu) is None
+    x = torch.rand(1, 1, 32, 32, 32)
+    for amp_dtype, want in ((torch.bfloat16, torch.bfloat16), (None, torch.float32)):
+        m = make("maskgen", amp_dtype=amp_dtype)
+        seen = []
+        m.extractor.register_forward_hook(lambda mod, inputs, out: seen.append(out.dtype))
+        assert m.features(x).dtype == torch.float32                  # instance-normalised in fp32 either way
+        assert seen == [want], amp_dtype
