@@ -13,10 +13,14 @@ from dgbench.spec import check_hparams, parse_value
 
 def parse_kv(text: str) -> tuple[str, Any]:
     """KEY=VALUE with the value parsed (numbers as numbers, then YAML)."""
+    import yaml
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), parse_value(value)
+    try:
+        return key.strip(), parse_value(value)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not a number or YAML ({e})") from None
 
 
 def kv_raw(text: str) -> tuple[str, Any]:

@@ -212,6 +212,24 @@ def test_status_over_300_fake_folders(tmp_path, capsys):
     assert out.splitlines()[0].startswith(f"{tmp_path}: 30 runs - pending 0, running 0, stale 0, failed 30")
 
 
+def test_scan_is_the_one_reader_of_run_state(tmp_path):
+    """rundir.scan: typed records of every folder (or of the ids asked for, folders or not)."""
+    from dgbench.rundir import RunRecord, scan
+    s = orch.expand(["synth"], ["erm"], seeds=range(4), train={"steps": 5})
+    fake_run(tmp_path, s[0], "done")
+    fake_run(tmp_path, s[1], "failed")
+    fake_run(tmp_path, s[2], "stale", step=40, age=3600, ckpt=True)
+    records = {r.run_id: r for r in scan(tmp_path)}
+    assert sorted(records) == sorted(sp.run_id for sp in s[:3]) and all(isinstance(r, RunRecord) for r in records.values())
+    assert records[s[0].run_id].state == "done" and records[s[0].run_id].spec == s[0].to_dict()
+    assert records[s[1].run_id].error == "ValueError: loss is nan at step 3"
+    stale = records[s[2].run_id]
+    assert (stale.state, stale.heartbeat["step"], stale.checkpoint, stale.job_id) == ("stale", 40, True, None)
+    asked = scan(tmp_path, [s[3].run_id, s[0].run_id])              # in the order asked; no folder: pending
+    assert [(r.run_id, r.state, r.spec) for r in asked] == [(s[3].run_id, "pending", {}), (s[0].run_id, "done", s[0].to_dict())]
+    assert [r["state"] for r in orch.collect_status(tmp_path)] == [records[k].state for k in sorted(records)]
+
+
 def test_status_of_a_missing_results_folder(tmp_path):
     assert orch.collect_status(tmp_path / "nothing") == []
     assert "0 runs" in orch.format_status([], tmp_path)
