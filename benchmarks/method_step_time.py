@@ -8,7 +8,7 @@ For each method it measures, on the current device:
   mean over `steps` fresh batches (the mean, not the median: rare expensive transforms such as
   DA5's median filter count for throughput; the loop runs this in DataLoader workers when
   num_workers > 0);
-- step: the loop's step body (method.train_batch, forward under autocast, DiceCE + extra loss,
+- step: the loop's step body (method.train_batch, forward under autocast, the method's loss,
   backward, AdamW step) on a fixed batch, median over `steps` steps after `warmup` steps;
 and prints both and their ratios to ERM as a Markdown table.
 
