@@ -3,7 +3,9 @@
 Plug-ins register themselves with a decorator when their module is imported; `load_plugins`
 imports every module of the plug-in packages (methods/ -> dgbench_methods, datasets/ ->
 dgbench_datasets, and dgbench.models) so that a name can be looked up without a central
-if/elif chain. A dataset lookup imports only the dataset plug-ins (they need no torch).
+if/elif chain. A lookup imports the plug-ins of its kind's home package first (datasets:
+dgbench_datasets, which needs no torch; methods: dgbench_methods; backbones and extractors:
+dgbench.models) and every plug-in package only when the name is not there.
 
 `declared(key, compute)` keeps facts about plug-ins (a method's defaults and revision, a backbone's
 patch check) in a small file keyed by a fingerprint of every plug-in and engine source file, so
@@ -30,10 +32,10 @@ PACKAGES = ("dgbench.models", "dgbench_methods", "dgbench_datasets")
 
 
 class Registry(Dict[str, object]):
-    def __init__(self, kind: str, packages: tuple[str, ...] = PACKAGES):
+    def __init__(self, kind: str, home: str):
         super().__init__()
         self.kind = kind
-        self.packages = packages              # the plug-in packages a lookup imports
+        self.home = home                      # the plug-in package that registers this kind
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -44,21 +46,23 @@ class Registry(Dict[str, object]):
         return deco
 
     def get(self, name: str):  # type: ignore[override]
-        load_plugins(self.packages)
+        load_plugins((self.home,))
+        if name not in self:
+            load_plugins()
         if name not in self:
             known = ", ".join(sorted(self)) or "(none)"
             raise UnknownName(f"unknown {self.kind} {name!r}; known: {known}")
         return self[name]
 
     def names(self) -> list[str]:
-        load_plugins(self.packages)
+        load_plugins()
         return sorted(self)
 
 
-DATASETS = Registry("dataset", ("dgbench_datasets",))   # dataset plug-ins register datasets only
-METHODS = Registry("method")
-BACKBONES = Registry("backbone")
-EXTRACTORS = Registry("feature extractor")
+DATASETS = Registry("dataset", "dgbench_datasets")
+METHODS = Registry("method", "dgbench_methods")
+BACKBONES = Registry("backbone", "dgbench.models")
+EXTRACTORS = Registry("feature extractor", "dgbench.models")
 
 register_dataset = DATASETS.register
 register_method = METHODS.register
