@@ -232,15 +232,40 @@ def test_collect_reads_engine_spec_json(tmp_path):
     (d / "spec.json").write_text(json.dumps({"run_id": "r", "spec": spec, "dgbench": "0.1.0", "torch": "x"}))
     row = collect(tmp_path).runs.iloc[0]
     assert (row["dataset"], row["method"], row["seed"], row["setting"], row["state"]) == \
-        ("synth", "gin", 3, "fewshot-1", "incomplete")
+        ("synth", "gin", 3, "fewshot-1", "incomplete (pending)")
 
 
 def test_collect_reads_states():
     col = collect(TREE)
     states = col.runs.set_index("run_id")["state"]
     assert states["amos_erm_full_s1_a617a7be69"] == "failed"
-    assert states["amos_gin_fewshot-2_s0_51bbfb25fe"] == "incomplete"
+    assert states["amos_gin_fewshot-2_s0_51bbfb25fe"] == "incomplete (stale)"
     assert set(col.metrics["run_id"]) == set(states[states == "done"].index)
+
+
+def test_only_a_trusted_spec_labels_a_run(tmp_path, caplog):
+    """Spec and state come from dgbench.rundir: a done folder without spec.json is not counted
+    (its metrics.csv labels are not trusted), an edited spec makes its run invalid; neither
+    enters a table, and the invalid one is named in its cell's notes."""
+    res = _copy_tree(tmp_path)
+    runs = res / "runs"
+    nospec = runs / "amos_erm_full_s2_0123456789"
+    shutil.copytree(runs / "amos_erm_full_s0_549d88a4f4", nospec)
+    (nospec / "spec.json").unlink()
+    edited = runs / "amos_gin_full_s1_9def8a3625"
+    spec = json.loads((edited / "spec.json").read_text())
+    (edited / "spec.json").write_text(json.dumps(dict(spec, seed=0)))
+    col = collect(res)
+    info = col.runs.set_index("run_id")
+    assert info.at[edited.name, "state"] == "invalid" and info.at[edited.name, "seed"] == 1
+    assert info.at[nospec.name, "state"] == "done" and pd.isna(info.at[nospec.name, "dataset"])
+    assert not {nospec.name, edited.name} & set(col.metrics["run_id"])
+    with caplog.at_level(logging.WARNING, logger="dgbench.report"):
+        write_tables(res, tmp_path / "t", n_boot=0, figures=False)
+    assert f"not counted: {nospec.name}" in caplog.text
+    main = (tmp_path / "t" / "main.md").read_text()
+    assert f"{edited.name}: invalid — " in main
+    assert nospec.name not in main
 
 
 # -- convergence marks -----------------------------------------------------------------------

@@ -30,9 +30,12 @@ with the best mean source-val Dice over its seeds is used (DomainBed's training-
 validation) and the table says so.
 
 Run accounting: the expected grid is every observed (dataset, setting) × every observed
-method × every observed seed. A grid cell without a folder is *missing*; a folder with
-``failed.json`` is *failed*; a folder without ``done.json`` is *incomplete*. None of these is
-averaged; every table lists them under it.
+method × every observed seed. Spec and state of each folder come from ``dgbench.rundir.scan``
+(the one reader of a run's spec): a grid cell without a folder is *missing*; a folder with
+``failed.json`` is *failed*; one without ``done.json`` is *incomplete* (running / stale /
+pending); one whose spec does not match its name is *invalid* (listed under its name's cell).
+None of these is averaged; every table lists them under it. A folder without a run spec has
+no trusted labels: it is not counted, and ``tables`` logs its name.
 
 Convergence: every done run gets the :mod:`dgbench.convergence` verdict: the one recorded in
 ``done.json`` at the end of training, or, for run folders made before that, one computed from

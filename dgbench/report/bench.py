@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from dgbench.report.common import DAGGER, PRIMARY, REFERENCE, _seed_stats, fmt_cell, markdown_table
-from dgbench.report.collect import _bad_ids, _choose_selection, _convergence_notes, _read_run, _refine_states, collect, run_scores
+from dgbench.report.collect import _bad_ids, _choose_selection, _convergence_notes, _read_run, collect, run_scores
 
 # ------------------------------------------------------------------------------------------
 # bench table (what `make bench` prints)
@@ -20,7 +20,6 @@ def bench_table(results: Path, run_ids: list[str]) -> str:
     per-run mean Dice, plus the number of seeds. Selection: "source-val" where the run has it,
     else "last". Failed / incomplete / missing runs are listed under the table."""
     col = collect(results, run_ids)
-    col.runs = _refine_states(col.runs)
     runs, metrics = col.runs, col.metrics
     out: list[str] = []
     done = runs[runs["state"] == "done"]

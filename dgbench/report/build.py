@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 from dgbench.report.common import PRIMARY, REFERENCE, REF_METHOD, Table, _col_label_fewshot, _col_label_main, _slug, is_oracle
-from dgbench.report.collect import _refine_states, _select_runs, collect
+from dgbench.report.collect import _select_runs, collect
 from dgbench.report.render import to_latex, to_markdown, write_table
 from dgbench.report.tables import _per_class_table, _score_table, default_paper_file, load_paper
 from dgbench.report.stats import rank_statistics, rank_tables
@@ -40,11 +40,10 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     out = Path(out) if out is not None else results / "tables"
     out.mkdir(parents=True, exist_ok=True)
     col = collect(results)
-    col.runs = _refine_states(col.runs)
     runs = col.runs
     unknown = runs[runs[["dataset", "method", "setting", "seed"]].isna().any(axis=1)]
     if len(unknown):
-        log.warning("run folders without spec.json or a parseable name, not counted: %s",
+        log.warning("run folders without a run spec, not counted: %s",
                     ", ".join(unknown["run_id"]))
     known = runs.drop(index=unknown.index)
     methods = sorted(known["method"].astype(str).unique())

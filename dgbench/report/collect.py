@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from dgbench.report.common import DAGGER, _RUN_ID_RE
+from dgbench.report.common import DAGGER
 
 # ------------------------------------------------------------------------------------------
 # collection
@@ -57,39 +57,24 @@ def _config_key(spec: dict) -> str:
     return json.dumps(keep, sort_keys=True, default=str)
 
 
-def _read_run(path: Path) -> dict:
-    run_id = path.name
-    row = {"run_id": run_id, "dataset": None, "method": None, "setting": None, "seed": None,
-           "config": "", "state": "pending", "error": None, "path": str(path),
+def _read_run(path: Path, rec=None) -> dict:
+    """One run folder as a row of Collection.runs. Spec and state come from dgbench.rundir (``rec``:
+    its RunRecord, else scanned here): done / failed / invalid, or "incomplete (running | stale |
+    pending)". Only a trusted spec labels a run; a folder without one has no labels (not counted).
+    An invalid run keeps the labels of its folder's name, so that tables list it in its cell."""
+    from dgbench.rundir import scan
+    path = Path(path)
+    rec = rec or scan(path.parent.parent, [path.name])[0]
+    spec = rec.spec
+    row = {"run_id": rec.run_id, "dataset": spec.get("dataset"), "method": spec.get("method"),
+           "setting": spec.get("setting", "full") if spec.get("dataset") else None, "seed": spec.get("seed"),
+           "config": _config_key(spec) if rec.state != "invalid" and spec else "",
+           "state": rec.state, "error": rec.error, "path": str(path),
            "converged": None, "convergence": "", "convergence_source": None}
-    from dgbench.rundir import RunDir, RunFolderError
-    try:
-        spec = RunDir(path).read_spec()       # checked: it must hash to the folder's run id
-    except RunFolderError as e:
-        spec, row["state"], row["error"] = None, "invalid", str(e)   # never tabulated under its labels
-    if isinstance(spec, dict) and "dataset" in spec:
-        row.update(dataset=spec.get("dataset"), method=spec.get("method"),
-                   setting=spec.get("setting", "full"), seed=spec.get("seed"),
-                   config=_config_key(spec))
-    else:
-        m = _RUN_ID_RE.match(run_id)
-        if m:
-            row.update(dataset=m["dataset"], method=m["method"], setting=m["setting"], seed=m["seed"])
-    if row["state"] == "invalid":
-        pass
-    elif (path / "done.json").exists():
-        row["state"] = "done"
-        steps = (spec.get("train") or {}).get("steps") if isinstance(spec, dict) else None
-        row.update(_run_convergence(path, steps))
-    elif (path / "failed.json").exists():
-        row["state"] = "failed"
-        try:
-            with open(path / "failed.json") as f:
-                row["error"] = json.load(f).get("error")
-        except (json.JSONDecodeError, OSError):
-            row["error"] = "unreadable failed.json"
-    else:
-        row["state"] = "incomplete"
+    if rec.state in ("running", "stale", "pending"):
+        row["state"] = f"incomplete ({rec.state})"
+    elif rec.state == "done":
+        row.update(_run_convergence(path, (spec.get("train") or {}).get("steps")))
     if row["seed"] is not None:
         row["seed"] = int(row["seed"])
     return row
@@ -166,37 +151,28 @@ def collect(results: Path, run_ids: Iterable[str] | None = None) -> Collection:
     """Read run folders under ``<results>/runs`` (all, or just ``run_ids``)."""
     results = Path(results)
     runs_dir = results / "runs"
-    if run_ids is None:
-        paths = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-    else:
-        paths = [runs_dir / r for r in run_ids]
+    from dgbench.rundir import scan
     rows, frames = [], []
-    for p in paths:
+    for rec in scan(results, run_ids):
+        p = runs_dir / rec.run_id
         if not p.is_dir():
-            m = _RUN_ID_RE.match(p.name)
-            rows.append({"run_id": p.name, "dataset": m["dataset"] if m else None,
-                         "method": m["method"] if m else None, "setting": m["setting"] if m else None,
-                         "seed": int(m["seed"]) if m else None, "config": "", "state": "missing",
-                         "error": "no run folder", "path": str(p)})
+            rows.append({"run_id": rec.run_id, "dataset": None, "method": None, "setting": None, "seed": None,
+                         "config": "", "state": "missing", "error": "no run folder", "path": str(p)})
             continue
-        row = _read_run(p)
-        if row["state"] == "done":
+        row = _read_run(p, rec)
+        if row["state"] == "done" and row["dataset"] is not None:
             df = _read_metrics(p)
             if df is None or df.empty:
                 row["state"], row["error"] = "failed", "done.json but no metrics.csv"
             else:
                 df["run_id"] = row["run_id"]          # the folder is the identity
                 frames.append(df)
-                for k in ("dataset", "method", "setting"):
-                    if row[k] is None and k in df:
-                        row[k] = str(df[k].iloc[0])
-                if row["seed"] is None and "seed" in df:
-                    row["seed"] = int(df["seed"].iloc[0])
         rows.append(row)
     runs = pd.DataFrame(rows, columns=_RUN_COLUMNS)
+    runs["seed"] = runs["seed"].astype("Int64")     # stays an integer next to runs without labels
     if frames:
         metrics = pd.concat(frames, ignore_index=True)
-        for col in ("dataset", "method", "setting", "seed"):   # spec.json is authoritative
+        for col in ("dataset", "method", "setting", "seed"):   # the run's spec is authoritative
             metrics[col] = metrics["run_id"].map(runs.set_index("run_id")[col])
         metrics["gt_present"] = _as_bool(metrics["gt_present"]) & metrics["dice"].notna()
         if "domain" not in metrics:
@@ -249,16 +225,6 @@ def _choose_selection(metrics: pd.DataFrame, run_id: str, prefer: Sequence[str])
 # ------------------------------------------------------------------------------------------
 # run accounting: which runs a table is built from, which are missing / failed
 # ------------------------------------------------------------------------------------------
-def _refine_states(runs: pd.DataFrame) -> pd.DataFrame:
-    """'incomplete' -> running / stale / pending from the heartbeat (dgbench.rundir rules)."""
-    from dgbench.rundir import RunDir
-    runs = runs.copy()
-    for i in runs.index[runs["state"] == "incomplete"]:
-        st = RunDir(Path(runs.at[i, "path"])).state()
-        runs.at[i, "state"] = f"incomplete ({st})"
-    return runs
-
-
 @dataclass
 class Accounting:
     used: list[str]                      # run ids averaged in the table

@@ -18,7 +18,6 @@ SCALE = 100.0
 REF_METHOD = "maskgen"
 DASH = "–"
 DAGGER = "†"                      # after a value built from a run that did not converge
-_RUN_ID_RE = re.compile(r"^(?P<dataset>.+?)_(?P<method>.+)_(?P<setting>full|fewshot-\d+)_s(?P<seed>\d+)_[0-9a-f]{10}$")
 _MISSING_NOTE = "Dice convention: per run, each foreground class is averaged over the cases whose ground truth contains it, then classes are averaged (a class absent from every case is excluded); cells are mean ± s.d. over seeds, Dice ×100."
 
 
