@@ -13,6 +13,13 @@ Every run's weights are evaluated under each rule, and metrics.csv says which (`
   Kept as ``checkpoints/oracle_target_val.pt``. A split without target-val cases has neither
   that checkpoint nor such rows.
 
+The report sees each rule as a ``Rule`` (``rule(name)``): its name, how tables label it, whether
+it is an oracle, and its fallback. One fallback policy: only ``source-val`` has one (``last``),
+for run folders from before source-val rows existed; it is never taken silently: ``dgbench
+tables`` falls back only when no run at all has source-val rows (a note tops every table), and
+the bench table falls back per run and names those runs in its header. Otherwise a done run
+without the rule's rows is not averaged and is named under the table.
+
 The score is the same for both validations: ``dgbench.evaluate.mean_dice`` (each class averaged
 over the cases that contain it, then over classes) of the rows of ``evaluate_cases``, with the
 run's sliding-window settings (``train.sw_overlap``, ``train.sw_batch_size``), at every
@@ -23,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +38,38 @@ import numpy as np
 from dgbench.rundir import METRIC_COLUMNS, RunDir, atomic_write_bytes, atomic_write_text
 
 LAST, SOURCE_VAL, ORACLE = "last", "source-val", "oracle-target-val"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A checkpoint selection rule as tables show it (see the module docstring)."""
+    name: str                       # the ``selection`` value in metrics.csv
+    label: str = ""                 # what tables say it is
+    oracle: bool = False            # looks at target labels: tables labelled ORACLE only
+    fallback: str | None = None     # the rule a run without this one's rows may use, named
+
+    @property
+    def title(self) -> str:
+        if self.oracle:
+            return f"{self.name} — ORACLE (uses target labels)"
+        return f"{self.name} ({self.label})" if self.label else self.name
+
+    def choose(self, have: set) -> str | None:
+        """The rule to use for a run whose metrics.csv has the rules ``have``: this one, else its
+        fallback, else None (the run is not tabulated)."""
+        return self.name if self.name in have else self.fallback if self.fallback in have else None
+
+
+RULES = {r.name: r for r in (
+    Rule(SOURCE_VAL, "best checkpoint on held-out source validation; primary", fallback=LAST),
+    Rule(LAST, "final checkpoint, no selection; reference protocol"),
+    Rule(ORACLE, oracle=True))}
+
+
+def rule(name: str) -> Rule:
+    """The rule ``name``; one found only in metrics.csv is plain, and an oracle when its name says
+    it looks at target labels ("target" or "oracle")."""
+    return RULES.get(name) or Rule(name, oracle="target" in name.lower() or "oracle" in name.lower())
 VAL_COLUMNS = ["step", "loss", "val_dice"]
 TARGET_VAL_COLUMN = "target_val_dice"     # val_history.csv: only for splits with target-val cases
 

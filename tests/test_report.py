@@ -102,6 +102,31 @@ def test_bench_table_falls_back_to_last(tmp_path):
     assert "| erm | 90.0 | 60.0 | 1 |" in text
 
 
+def test_selection_rules_and_the_one_fallback_policy(tmp_path):
+    """Rules are objects (dgbench.selection.rule); only source-val falls back (to last), never
+    silently: per run in the bench table (named in its header), for the whole tables only when no
+    run has source-val rows (a note on top); otherwise a run without the rule's rows is named
+    under the table and not averaged."""
+    from dgbench.selection import rule
+    assert rule("source-val").choose({"last"}) == "last" and rule("last").choose({"source-val"}) is None
+    assert rule("oracle-target-val").oracle and rule("my-target-rule").oracle and not rule("last").oracle
+    assert rule("oracle-target-val").title == "oracle-target-val — ORACLE (uses target labels)"
+    spec = {"dataset": "synth", "method": "erm", "seed": 0, "setting": "full"}
+    test = {"a": 0.5, "b": 0.7}
+    _write_run(tmp_path, "r0", spec, _rows("r0", "synth", "erm", 0, "source-val", test)
+               + _rows("r0", "synth", "erm", 0, "last", test))
+    _write_run(tmp_path, "r1", dict(spec, seed=1), _rows("r1", "synth", "erm", 1, "last", {"a": 0.1, "b": 0.1}))
+    assert "selection: source-val, falling back to last for r1; 2 run(s)" in bench_table(tmp_path, ["r0", "r1"])
+    write_tables(tmp_path, tmp_path / "t", n_boot=0, figures=False)
+    main = (tmp_path / "t" / "main.md").read_text()
+    assert "r1: done, but metrics.csv has no 'source-val' rows" in main and "| erm | **60.0 (n=1)** |" in main
+    assert "fall back" not in main
+    shutil.rmtree(tmp_path / "runs" / "r0")
+    write_tables(tmp_path, tmp_path / "t2", n_boot=0, figures=False)
+    main = (tmp_path / "t2" / "main.md").read_text()
+    assert "No run has 'source-val' rows; tables fall back to 'last'." in main and "| erm | **10.0** |" in main
+
+
 # -- tables: golden outputs ------------------------------------------------------------------
 GOLDEN_FILES = ["main.md", "main.tex", "main.csv", "main_last.md", "main_last.tex", "main_last.csv",
                 "fewshot.md", "fewshot.tex", "fewshot.csv", "perclass_amos.md", "perclass_amos.tex",

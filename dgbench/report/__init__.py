@@ -57,6 +57,7 @@ from dgbench.report.tables import Table, default_paper_file, load_paper
 from dgbench.report.render import to_csv, to_latex, to_markdown, write_table
 from dgbench.report.stats import holm, rank_statistics, rank_tables
 from dgbench.report.build import register_cli, write_tables
-from dgbench.report.common import PRIMARY, REFERENCE, REF_METHOD, is_oracle, selection_label
+from dgbench.report.common import PRIMARY, REF_METHOD
+from dgbench.selection import Rule, rule
 
-__all__ = ["Collection", "class_scores", "collect", "not_converged", "run_scores", "bench_table", "convergence_warning", "Table", "default_paper_file", "load_paper", "to_csv", "to_latex", "to_markdown", "write_table", "holm", "rank_statistics", "rank_tables", "register_cli", "write_tables", "PRIMARY", "REFERENCE", "REF_METHOD", "is_oracle", "selection_label"]
+__all__ = ["Collection", "class_scores", "collect", "not_converged", "run_scores", "bench_table", "convergence_warning", "Table", "default_paper_file", "load_paper", "to_csv", "to_latex", "to_markdown", "write_table", "holm", "rank_statistics", "rank_tables", "register_cli", "write_tables", "PRIMARY", "REF_METHOD", "Rule", "rule"]

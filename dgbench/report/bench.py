@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dgbench.report.common import DAGGER, PRIMARY, REFERENCE, _seed_stats, fmt_cell, markdown_table
-from dgbench.report.collect import _bad_ids, _choose_selection, _convergence_notes, _read_run, collect, run_scores
+from dgbench.report.common import DAGGER, LAST, PRIMARY, _seed_stats, fmt_cell, markdown_table, rule
+from dgbench.report.collect import _bad_ids, _convergence_notes, _read_run, collect, run_scores
 
 # ------------------------------------------------------------------------------------------
 # bench table (what `make bench` prints)
@@ -23,7 +23,8 @@ def bench_table(results: Path, run_ids: list[str]) -> str:
     runs, metrics = col.runs, col.metrics
     out: list[str] = []
     done = runs[runs["state"] == "done"]
-    chosen = {r: _choose_selection(metrics, r, (PRIMARY, REFERENCE)) for r in done["run_id"]}
+    have = metrics.groupby("run_id")["selection"].agg(set) if len(metrics) else {}
+    chosen = {r: rule(PRIMARY).choose(have.get(r, set())) for r in done["run_id"]}   # falls back to last, named
     no_sel = [r for r, s in chosen.items() if s is None]
     chosen = {r: s for r, s in chosen.items() if s is not None}
     if chosen:
@@ -55,18 +56,18 @@ def bench_table(results: Path, run_ids: list[str]) -> str:
                 rows.append([str(meth), *cells, str(gm["run_id"].nunique())])
             used = sorted({chosen[r] for r in g["run_id"].unique()})
             if used == [PRIMARY]:
-                rule = "selection: source-val (best checkpoint on held-out source validation)"
-            elif used == [REFERENCE]:
-                rule = "selection: last (final checkpoint; no source-val rows found)"
+                header_rule = "selection: source-val (best checkpoint on held-out source validation)"
+            elif used == [LAST]:
+                header_rule = "selection: last (final checkpoint; no source-val rows found)"
             else:
                 fb = sorted(r for r in g["run_id"].unique() if chosen[r] != PRIMARY)
-                rule = "selection: source-val, falling back to last for " + ", ".join(fb)
-            out.append(f"**{ds}** ({setting}) — {rule}; {g['run_id'].nunique()} run(s)\n")
+                header_rule = "selection: source-val, falling back to last for " + ", ".join(fb)
+            out.append(f"**{ds}** ({setting}) — {header_rule}; {g['run_id'].nunique()} run(s)\n")
             out.append(markdown_table(header, rows))
             foot = ("\nCells: mean Dice ×100, mean ± s.d. over seeds. Per run: each foreground class is averaged "
                     "over the cases whose ground truth contains it, then classes are averaged "
                     "(a class absent from every case is excluded).")
-            if "source-val" in columns and used != [REFERENCE]:
+            if "source-val" in columns and used != [LAST]:
                 foot += " The source-val column is the split used for selection, so it is optimistic."
             out.append("\n\n".join([foot, *_convergence_notes(runs, g["run_id"].unique())]) + "\n")
     else:

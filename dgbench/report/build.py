@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 
-from dgbench.report.common import PRIMARY, REFERENCE, REF_METHOD, Table, _col_label_fewshot, _col_label_main, _slug, is_oracle
+from dgbench.report.common import PRIMARY, REF_METHOD, Table, _col_label_fewshot, _col_label_main, _slug, rule
 from dgbench.report.collect import _select_runs, collect
 from dgbench.report.render import to_latex, to_markdown, write_table
 from dgbench.report.tables import _per_class_table, _score_table, default_paper_file, load_paper
@@ -55,9 +55,9 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     have_sel = set(col.metrics["selection"].dropna().unique()) if len(col.metrics) else set()
     primary = selection
     fallback_note = None
-    if primary not in have_sel and primary == PRIMARY and REFERENCE in have_sel:
-        primary = REFERENCE
-        fallback_note = f"No run has '{PRIMARY}' rows; tables fall back to '{REFERENCE}'."
+    if primary not in have_sel and rule(primary).fallback in have_sel:     # the one fallback policy:
+        primary = rule(primary).fallback                                    # dgbench.selection
+        fallback_note = f"No run has '{selection}' rows; tables fall back to '{primary}'."
     if have_sel and primary not in have_sel:
         log.warning("no run has '%s' rows (found: %s); the main tables will be empty",
                     primary, ", ".join(sorted(have_sel)))
@@ -71,7 +71,7 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
             t.notes.insert(0, fallback_note)
         written["tables"] += write_table(t, out)
 
-    oracle = is_oracle(primary)
+    oracle = rule(primary).oracle
     tag = " — ORACLE (uses target labels)" if oracle else ""
     main, main_sc, _ = _score_table(col, primary, full_cols, methods, seeds, "main",
                                     f"Target-domain mean Dice (×100), selection '{primary}'{tag}",
@@ -86,7 +86,7 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     for ds, _s in full_cols:
         emit(_per_class_table(col, primary, ds, methods, seeds))
     for other in sorted(have_sel - {primary}):
-        if is_oracle(other):
+        if rule(other).oracle:
             for t in _oracle_tables(col, other, full_cols, few_cols, methods, seeds, paper_df):
                 emit(t)
             continue

@@ -214,14 +214,6 @@ def run_scores(metrics: pd.DataFrame, by: Sequence[str] = ("selection", "split")
     return out.merge(n_cases.reset_index(), on=keys, how="left")
 
 
-def _choose_selection(metrics: pd.DataFrame, run_id: str, prefer: Sequence[str]) -> str | None:
-    have = set(metrics.loc[metrics["run_id"] == run_id, "selection"].unique())
-    for s in prefer:
-        if s in have:
-            return s
-    return None
-
-
 # ------------------------------------------------------------------------------------------
 # run accounting: which runs a table is built from, which are missing / failed
 # ------------------------------------------------------------------------------------------

@@ -8,11 +8,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dgbench.selection import ORACLE
+from dgbench.selection import LAST, ORACLE, SOURCE_VAL, rule
 
 
-PRIMARY = "source-val"
-REFERENCE = "last"
+PRIMARY = SOURCE_VAL
 DECIMALS = 1                      # Dice x100 shown with one decimal; ranks tie on this
 SCALE = 100.0
 REF_METHOD = "maskgen"
@@ -25,21 +24,6 @@ ORACLE_NOTE = (f"ORACLE: this rule chose each run's checkpoint with target-domai
                "mean Dice on the target-val cases, as the published MaskGen reference code selects; Diaz et al. "
                "2026, arXiv 2604.02564). The table exists for a like-for-like comparison with published numbers "
                "selected that way, not as a domain-generalization result: the primary table selects on source-val.")
-
-
-def is_oracle(selection: str) -> bool:
-    s = selection.lower()
-    return "target" in s or "oracle" in s
-
-
-def selection_label(selection: str) -> str:
-    if is_oracle(selection):
-        return f"{selection} — ORACLE (uses target labels)"
-    if selection == PRIMARY:
-        return f"{selection} (best checkpoint on held-out source validation; primary)"
-    if selection == REFERENCE:
-        return f"{selection} (final checkpoint, no selection; reference protocol)"
-    return selection
 
 
 # ------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dgbench.report.common import DAGGER, DASH, REF_METHOD, SCALE, Table, _col_label_main, _int_columns, _rank_rows, selection_label
+from dgbench.report.common import DAGGER, DASH, REF_METHOD, SCALE, Table, _col_label_main, _int_columns, _rank_rows, rule
 from dgbench.report.collect import Collection, _convergence_notes, not_converged
 
 # ------------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def rank_tables(ranks: pd.DataFrame, pairs: pd.DataFrame, selection: str, n_boot
     avg = ranks[ranks["scope"] == "average"]
     rows = [[name(r.method, r.not_converged), _num(r.rank), _ci(r.rank_ci_lo, r.rank_ci_hi, "{:.2f}"), _num(r.p_first),
              _num(r.rank_then_aggregate)] for r in avg.itertuples()]
-    notes = [f"Selection: {selection_label(selection)}.",
+    notes = [f"Selection: {rule(selection).title}.",
              "avg. rank: rank per dataset by mean Dice (shown precision, ties averaged), mean over datasets. "
              "rank-then-aggregate: rank per target case by the case mean Dice (seed-averaged), mean over cases, "
              "then over datasets.",

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dgbench.report.common import DAGGER, DASH, DECIMALS, ORACLE_NOTE, REF_METHOD, SCALE, Table, _MISSING_NOTE, _col_label_main, _int_columns, _rank_scores, _seed_stats, _slug, fmt_cell, is_oracle, selection_label
+from dgbench.report.common import DAGGER, DASH, DECIMALS, ORACLE_NOTE, REF_METHOD, SCALE, Table, _MISSING_NOTE, _col_label_main, _int_columns, _rank_scores, _seed_stats, _slug, fmt_cell, rule
 from dgbench.report.collect import Accounting, Collection, _bad_ids, _convergence_notes, _grid_accounting, _select_runs, class_scores, run_scores
 
 # ------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
         rows.append([meth, *cells])
         bold.append([False, *b])
         csv_rows.append(rec)
-    notes = [f"Selection: {selection_label(selection)}."] + ([ORACLE_NOTE] if is_oracle(selection) else [])
+    notes = [f"Selection: {rule(selection).title}."] + ([ORACLE_NOTE] if rule(selection).oracle else [])
     paper_here = None
     if paper is not None:
         wanted = set(cols)
@@ -207,7 +207,7 @@ def _per_class_table(col: Collection, selection: str, dataset: str, methods: lis
             bold[:, j] = shown[:, j] == np.nanmax(shown[:, j])
     absent = [str(n) for k, n in zip(classes["class"], classes["class_name"])
               if not cs.loc[cs["class"] == k, "dice"].notna().any()]
-    notes = [f"Selection: {selection_label(selection)}.",
+    notes = [f"Selection: {rule(selection).title}.",
              "Per class: mean Dice over the target test cases whose ground truth contains the class, "
              "then mean ± s.d. over seeds (Dice ×100); 'mean' is the dataset score of the main table."]
     if absent:
