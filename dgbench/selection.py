@@ -62,7 +62,7 @@ class Rule:
 
 RULES = {r.name: r for r in (
     Rule(SOURCE_VAL, "best checkpoint on held-out source validation; primary", fallback=LAST),
-    Rule(LAST, "final checkpoint, no selection; reference protocol"),
+    Rule(LAST, "final checkpoint, no selection"),
     Rule(ORACLE, oracle=True))}
 
 
