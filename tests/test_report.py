@@ -127,6 +127,43 @@ def test_selection_rules_and_the_one_fallback_policy(tmp_path):
     assert "No run has 'source-val' rows; tables fall back to 'last'." in main and "| erm | **10.0** |" in main
 
 
+def test_tables_sweep_takes_the_grid_from_the_sweep_file(tmp_path, capsys):
+    """tables --sweep FILE: the declared runs are the expected grid. A declared run without a
+    folder is missing and one unfinished is not averaged, both named (the cell shows '–' or
+    '(n=k)'); a folder the sweep does not declare is left out with a note."""
+    from dgbench.orchestrate.sweep import load_sweep, sweep_specs
+    sweep = tmp_path / "small.yaml"
+    sweep.write_text("datasets: [synth]\nmethods: [erm, gin]\nseeds: [0, 1]\ntrain: {steps: 10}\n")
+    specs = {(s.method, s.seed): s for s in sweep_specs(load_sweep(sweep))}
+    stray = sweep_specs({"datasets": ["synth"], "methods": ["erm"], "seeds": [7], "train": {"steps": 10}})[0]
+    res = tmp_path / "results"
+
+    def folder(spec, dice, state="done"):
+        rows = _rows(spec.run_id, "synth", spec.method, spec.seed, "source-val", dice) if state == "done" else None
+        _write_run(res, spec.run_id, {"run_id": spec.run_id, "spec": spec.to_dict()}, rows, state=state)
+        if state != "done":
+            (res / "runs" / spec.run_id / f"{state}.json").unlink()
+
+    folder(specs["erm", 0], {"a": 0.5})
+    folder(specs["erm", 1], {"a": 0.7})
+    folder(specs["gin", 0], {}, state="pending")           # declared, never started
+    folder(stray, {"a": 0.0})                               # not declared: must not pull erm down
+    out = tmp_path / "t"
+    args = argparse.ArgumentParser().add_subparsers()
+    register_cli(args)
+    ns = args.choices["tables"].parse_args(["--results", str(res), "--out", str(out), "--sweep", str(sweep),
+                                            "--bootstrap", "0", "--no-figures"])
+    assert ns.func(ns) == 0
+    main = (out / "main.md").read_text()
+    assert "| erm | **60.0 ± 14.1** |" in main and "| gin | – |" in main
+    assert "Built from 2 of 4 expected runs (declared by small.yaml)." in main
+    assert "Missing runs: synth / gin / seed 1: no run folder." in main
+    assert f"{specs['gin', 0].run_id}: incomplete (pending)" in main
+    assert f"Run folders that small.yaml does not declare, left out (1): {stray.run_id}." in main
+    write_tables(res, tmp_path / "all", n_boot=0, figures=False)       # without --sweep: the folders' grid
+    assert "| erm | **40.0 ± 36.1** |" in (tmp_path / "all" / "main.md").read_text()
+
+
 # -- tables: golden outputs ------------------------------------------------------------------
 GOLDEN_FILES = ["main.md", "main.tex", "main.csv", "main_last.md", "main_last.tex", "main_last.csv",
                 "fewshot.md", "fewshot.tex", "fewshot.csv", "perclass_amos.md", "perclass_amos.tex",

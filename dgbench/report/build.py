@@ -30,16 +30,17 @@ SETTING_FEWSHOT_RE = re.compile(r"^fewshot-(\d+)$")
 
 def write_tables(results: Path, out: Path | None = None, selection: str = PRIMARY,
                  paper: Path | bool | None = None, n_boot: int = 1000, seed: int = 0,
-                 figures: bool = True, versus: str = REF_METHOD) -> dict[str, list[Path]]:
+                 figures: bool = True, versus: str = REF_METHOD, sweep: Path | None = None) -> dict[str, list[Path]]:
     """Build every table (md, tex, csv) and figure (png, pdf) from ``<results>/runs``.
 
     ``paper``: None/False = no paper row; True = the committed reference file; or a path.
     ``versus``: the method every other one is tested against in ``pairwise``.
+    ``sweep``: a sweep file; its runs are the expected grid (see _collect_sweep).
     Returns {kind: [paths]}; the main Markdown is ``out/main.md``."""
     results = Path(results)
     out = Path(out) if out is not None else results / "tables"
+    col, top_notes = _collect_sweep(results, Path(sweep)) if sweep is not None else (collect(results), [])
     out.mkdir(parents=True, exist_ok=True)
-    col = collect(results)
     runs = col.runs
     unknown = runs[runs[["dataset", "method", "setting", "seed"]].isna().any(axis=1)]
     if len(unknown):
@@ -54,10 +55,9 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     few_cols = [c for c in pairs_ds if c[1] != "full"]
     have_sel = set(col.metrics["selection"].dropna().unique()) if len(col.metrics) else set()
     primary = selection
-    fallback_note = None
     if primary not in have_sel and rule(primary).fallback in have_sel:     # the one fallback policy:
         primary = rule(primary).fallback                                    # dgbench.selection
-        fallback_note = f"No run has '{selection}' rows; tables fall back to '{primary}'."
+        top_notes.insert(0, f"No run has '{selection}' rows; tables fall back to '{primary}'.")
     if have_sel and primary not in have_sel:
         log.warning("no run has '%s' rows (found: %s); the main tables will be empty",
                     primary, ", ".join(sorted(have_sel)))
@@ -67,8 +67,7 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     written: dict[str, list[Path]] = {"tables": [], "figures": []}
 
     def emit(t: Table) -> None:
-        if fallback_note:
-            t.notes.insert(0, fallback_note)
+        t.notes[0:0] = top_notes
         written["tables"] += write_table(t, out)
 
     oracle = rule(primary).oracle
@@ -116,6 +115,29 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
         for ds, _s in full_cols:
             written["figures"] += fig_slices(col, used, primary, ds, fdir, methods)
     return written
+
+
+def _collect_sweep(results: Path, sweep: Path):
+    """The runs a sweep file declares (dgbench.orchestrate.sweep), read from ``results``: the
+    expected grid is theirs, a declared run without a folder is missing (labelled from the sweep)
+    and counts as such in the notes, and a folder the sweep does not declare is left out with a
+    note. Returns (Collection, notes for the top of every table)."""
+    from dgbench.orchestrate.sweep import load_sweep, sweep_specs
+    specs = {s.run_id: s for s in sweep_specs(load_sweep(sweep))}
+    col = collect(results, list(specs))
+    runs = col.runs
+    for i in runs.index[runs["state"] == "missing"]:
+        sp = specs[runs.at[i, "run_id"]]
+        runs.loc[i, ["dataset", "method", "setting", "seed"]] = [sp.dataset, sp.method, sp.setting, sp.seed]
+    col.declared = {(s.dataset, s.setting, s.method, s.seed) for s in specs.values()}
+    col.declared_by = sweep.name
+    runs_dir = results / "runs"
+    stray = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in specs) if runs_dir.is_dir() else []
+    notes = []
+    if stray:
+        shown = ", ".join(stray[:10]) + (f" and {len(stray) - 10} more" if len(stray) > 10 else "")
+        notes.append(f"Run folders that {sweep.name} does not declare, left out ({len(stray)}): {shown}.")
+    return col, notes
 
 
 def _oracle_tables(col, selection: str, full_cols, few_cols, methods, seeds, paper_df) -> list[Table]:
@@ -171,6 +193,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--versus", default=REF_METHOD, metavar="METHOD",
                    help=f"method the others are tested against in pairwise.csv (default {REF_METHOD}; "
                         f"e.g. erm to test baselines against the plain recipe)")
+    p.add_argument("--sweep", type=Path, default=None, metavar="FILE",
+                   help="the sweep file that declared the runs: its grid is the expected one (a declared run "
+                        "without a finished folder is listed as missing or not averaged; a folder it does not "
+                        "declare is left out, with a note). Default: the grid of the folders found")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG/PDF figures")
     p.set_defaults(func=_cmd_tables)
 
@@ -181,7 +207,7 @@ def _cmd_tables(args: argparse.Namespace) -> int:
         return 1
     written = write_tables(args.results, args.out, selection=args.selection, paper=args.paper,
                            n_boot=args.bootstrap, seed=args.seed, figures=not args.no_figures,
-                           versus=args.versus)
+                           versus=args.versus, sweep=args.sweep)
     out = Path(args.out) if args.out is not None else Path(args.results) / "tables"
     print((out / "main.md").read_text())
     print(f"wrote {len(written['tables'])} table files and {len(written['figures'])} figure files to {out}")

@@ -22,6 +22,8 @@ class Collection:
     runs: pd.DataFrame
     metrics: pd.DataFrame
     root: Path = field(default_factory=Path)
+    declared: set | None = None     # (dataset, setting, method, seed) a sweep file declares; None: observed grid
+    declared_by: str = ""           # that sweep file
 
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -227,23 +229,31 @@ class Accounting:
     config_notes: list[str]
 
 
-def _grid_accounting(runs: pd.DataFrame, cols: list[tuple[str, str]], methods: list[str],
+def _grid_accounting(col: Collection, cols: list[tuple[str, str]], methods: list[str],
                      seeds: list[int], used: set[str], extra_problems: list[str],
                      config_notes: list[str], col_label) -> Accounting:
+    """The expected grid: every (column, method, seed), or the cells of ``col.declared`` in
+    ``cols`` when a sweep file declared the runs."""
+    runs = col.runs
     known = runs.dropna(subset=["dataset", "method", "setting", "seed"])
     in_cols = known[[(d, s) in set(cols) for d, s in zip(known["dataset"], known["setting"])]]
-    have = set(zip(in_cols["dataset"], in_cols["setting"], in_cols["method"], in_cols["seed"]))
-    missing = [f"{col_label((d, s))} / {m} / seed {sd}: no run folder"
-               for (d, s) in cols for m in methods for sd in seeds if (d, s, m, sd) not in have]
+    present = in_cols[in_cols["state"] != "missing"]
+    have = set(zip(present["dataset"], present["setting"], present["method"], present["seed"]))
+    cells = [(d, s, m, sd) for (d, s) in cols for m in methods for sd in seeds]
+    if col.declared is not None:
+        cells = [c for c in cells if c in col.declared]
+    missing = [f"{col_label((d, s))} / {m} / seed {sd}: no run folder" for (d, s, m, sd) in cells if (d, s, m, sd) not in have]
     problems = []
-    for r in in_cols.sort_values(["dataset", "setting", "method", "seed", "run_id"]).itertuples():
+    for r in present.sort_values(["dataset", "setting", "method", "seed", "run_id"]).itertuples():
         if r.state != "done":
             problems.append(f"{r.run_id}: {r.state}" + (f" — {r.error}" if isinstance(r.error, str) and r.error else ""))
     problems += extra_problems
     n_cols = len(cols)
     grid = (f"{n_cols} column{'s' if n_cols != 1 else ''} × {len(methods)} method{'s' if len(methods) != 1 else ''}"
             f" × {len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
-    return Accounting(used=sorted(used), expected=n_cols * len(methods) * len(seeds), grid=grid,
+    if col.declared is not None:
+        grid = f"declared by {col.declared_by}"
+    return Accounting(used=sorted(used), expected=len(cells), grid=grid,
                       missing=missing, problems=problems, config_notes=config_notes)
 
 

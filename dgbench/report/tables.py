@@ -53,7 +53,7 @@ def _score_table(col: Collection, selection: str, cols: list[tuple[str, str]], m
     info = used.set_index("run_id")
     for k in ("dataset", "setting", "method", "seed"):
         sc[k] = sc["run_id"].map(info[k])
-    acc = _grid_accounting(col.runs, cols, methods, seeds, set(sc["run_id"]), extra, cfg_notes, col_label)
+    acc = _grid_accounting(col, cols, methods, seeds, set(sc["run_id"]), extra, cfg_notes, col_label)
     n_exp_seeds = len(seeds)
     # cell statistics
     stats, n_bad = {}, {}
@@ -176,7 +176,7 @@ def _per_class_table(col: Collection, selection: str, dataset: str, methods: lis
     rs["method"] = rs["run_id"].map(meth_of)
     classes = (cs[["class", "class_name"]].drop_duplicates("class").sort_values("class")
                if len(cs) else pd.DataFrame(columns=["class", "class_name"]))
-    acc = _grid_accounting(col.runs, cols, methods, seeds, set(rs["run_id"]), extra, cfg_notes, _col_label_main)
+    acc = _grid_accounting(col, cols, methods, seeds, set(rs["run_id"]), extra, cfg_notes, _col_label_main)
     header = ["method"] + [str(n) for n in classes["class_name"]] + ["mean"]
     stats = np.full((len(methods), len(classes) + 1), np.nan)
     cells_all = []
