@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from dgbench import report
+from dgbench.errors import UserError
 from dgbench.report import bench_table, collect, holm, register_cli, run_scores, write_tables
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -484,8 +485,25 @@ def test_a_misnamed_dataset_in_the_paper_file_is_refused(tmp_path):
     bad = tmp_path / "paper.csv"
     bad.write_text("dataset,setting,method,metric,value,source\ncow,full,maskgen,dice,47.8,x\n"
                    "amos,fewshot,maskgen,dice,53.4,x\n")
-    with pytest.raises(ValueError, match=r"paper.csv: line 2: dataset 'cow'; line 3: setting 'fewshot'"):
+    with pytest.raises(UserError, match=r"paper.csv: line 2: dataset 'cow'; line 3: setting 'fewshot'"):
         report.load_paper(bad)
+
+
+@pytest.mark.parametrize("text, says", [("dataset,setting,method\namos,full,maskgen\n", "missing column(s)"),
+                                        ('dataset,setting\n"amos,full\n', "not a readable CSV"),
+                                        (None, "No such file")])
+def test_a_bad_paper_file_is_one_line_from_the_cli(tmp_path, capsys, text, says):
+    """tables --paper with a bad CSV: one line naming the file and the fix, no traceback."""
+    from dgbench.cli import main
+    bad = tmp_path / "paper.csv"
+    if text is not None:
+        bad.write_text(text)
+    res = _copy_tree(tmp_path)
+    assert main(["tables", "--results", str(res), "--paper", str(bad), "--no-figures", "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dgbench tables: error: --paper {bad}: ") and says in err
+    assert "header dataset,setting,method,metric,value,source" in err and err.count("\n") == 1
+    assert not (res / "tables").exists()
 
 
 def test_tables_name_the_extractor_of_each_maskgen_family_row(tmp_path):

@@ -39,6 +39,7 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     Returns {kind: [paths]}; the main Markdown is ``out/main.md``."""
     results = Path(results)
     out = Path(out) if out is not None else results / "tables"
+    paper_df = load_paper(None if paper is True else Path(paper)) if paper else None     # refused before any work
     col, top_notes = _collect_sweep(results, Path(sweep)) if sweep is not None else (collect(results), [])
     out.mkdir(parents=True, exist_ok=True)
     runs = col.runs
@@ -61,9 +62,6 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     if have_sel and primary not in have_sel:
         log.warning("no run has '%s' rows (found: %s); the main tables will be empty",
                     primary, ", ".join(sorted(have_sel)))
-    paper_df = None
-    if paper:
-        paper_df = load_paper(None if paper is True else Path(paper))
     written: dict[str, list[Path]] = {"tables": [], "figures": []}
 
     def emit(t: Table) -> None:

@@ -229,13 +229,22 @@ def default_paper_file() -> Path:
 
 
 def load_paper(path: Path | None = None) -> pd.DataFrame:
-    """The published MaskGen numbers (columns dataset, setting, method, metric, value, source)."""
+    """The published MaskGen numbers (columns dataset, setting, method, metric, value, source).
+    A file that cannot be read or has a misnamed row is a UserError naming the file and the fix."""
+    from dgbench.errors import UserError
     path = Path(path) if path else default_paper_file()
-    df = pd.read_csv(path, comment="#", dtype={"dataset": str, "setting": str, "method": str,
-                                               "metric": str, "source": str})
-    missing = {"dataset", "setting", "method", "metric", "value", "source"} - set(df.columns)
+    columns = ["dataset", "setting", "method", "metric", "value", "source"]
+    fix = f"give --paper a CSV file with the header {','.join(columns)} (see {default_paper_file().name})"
+    try:
+        df = pd.read_csv(path, comment="#", dtype={"dataset": str, "setting": str, "method": str,
+                                                   "metric": str, "source": str})
+    except OSError as e:
+        raise UserError(f"--paper {path}: {e.strerror or e}; {fix}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise UserError(f"--paper {path}: not a readable CSV ({str(e).strip().splitlines()[0]}); {fix}") from None
+    missing = set(columns) - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+        raise UserError(f"--paper {path}: missing column(s) {sorted(missing)}; {fix}")
     from dgbench.registry import DATASETS, load_plugins
     from dgbench.spec import SETTING_RE
     load_plugins()
@@ -244,6 +253,6 @@ def load_paper(path: Path | None = None) -> pd.DataFrame:
     bad += [f"line {i + 2}: setting {r.setting!r}" for i, r in enumerate(df.itertuples())
             if not SETTING_RE.match(str(r.setting))]
     if bad:
-        raise ValueError(f"{path}: {'; '.join(bad)}. Use a registered dataset name ({', '.join(sorted(known))}) "
-                         f"and a setting 'full' or 'fewshot-N'; a misnamed row would silently show as '–'.")
+        raise UserError(f"--paper {path}: {'; '.join(bad)}. Use a registered dataset name ({', '.join(sorted(known))}) "
+                        f"and a setting 'full' or 'fewshot-N'; a misnamed row would silently show as '–'.")
     return df[df["method"] == REF_METHOD]
