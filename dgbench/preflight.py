@@ -179,7 +179,7 @@ def check_dataset(name: str, specs: list[RunSpec]) -> tuple[list[Problem], str]:
 # ---------------------------------------------------------------------------------------------
 def check_extractors(specs: list[RunSpec]) -> tuple[list[Problem], list[str]]:
     """Every (extractor, weights) that runs' hyperparameters name, resolved and verified once.
-    Imports the extractors (and torch) only when a run names one."""
+    Torch-free for anatomix and the bundled extractors (dgbench.models.weights)."""
     needs: dict[tuple, list[RunSpec]] = {}
     for s in specs:
         if "extractor" in s.hparams:
@@ -187,7 +187,7 @@ def check_extractors(specs: list[RunSpec]) -> tuple[list[Problem], list[str]]:
     problems, notes = [], []
     if not needs:
         return problems, notes
-    from dgbench.models.extractors import ExtractorWeightsError, check_weights
+    from dgbench.models.weights import ExtractorWeightsError, check_weights
     for (name, weights), runs in needs.items():
         who = (f"needed by {plural(len(runs), 'run')} of {', '.join(sorted({r.method for r in runs}))} "
                f"on {', '.join(sorted({r.dataset for r in runs}))}")

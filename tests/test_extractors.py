@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dgbench.models import extractors as ex
+from dgbench.models import weights as w
 from dgbench.models.anatomix import anatomix_unet
 from dgbench.registry import EXTRACTORS
 
@@ -19,7 +20,7 @@ from dgbench.registry import EXTRACTORS
 def isolated(tmp_path, monkeypatch):
     """Empty cache, no env override, and no network unless a test provides one."""
     monkeypatch.setenv("DGBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(ex.ANATOMIX_ENV, raising=False)
+    monkeypatch.delenv(w.ANATOMIX_ENV, raising=False)
 
     def offline(*a, **k):
         raise urllib.error.URLError("network is unreachable")
@@ -42,10 +43,10 @@ def fake_anatomix(tmp_path_factory):
 
 
 def test_git_blob_sha1_matches_git_hash_object(tmp_path):
-    assert ex.git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert w.git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
     p = tmp_path / "f"
     p.write_bytes(b"hello\n")
-    assert ex.git_blob_sha1(p) == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert w.git_blob_sha1(p) == "ce013625030ba8dba906f756967f9e9ca394464a"
 
 
 def test_registry_names():
@@ -58,13 +59,13 @@ def test_corrupted_file_is_rejected(isolated):
     with pytest.raises(ex.ExtractorWeightsError) as e:
         ex.build_extractor("anatomix", weights=bad)
     msg = str(e.value)
-    assert ex.ANATOMIX_SHA1 in msg and ex.git_blob_sha1(bad) in msg
-    assert ex.ANATOMIX_URL in msg and ex.ANATOMIX_ENV in msg
+    assert w.ANATOMIX_SHA1 in msg and w.git_blob_sha1(bad) in msg
+    assert w.ANATOMIX_URL in msg and w.ANATOMIX_ENV in msg
 
 
 def test_env_var_file_with_wrong_hash_is_rejected(isolated, fake_anatomix, monkeypatch):
-    monkeypatch.setenv(ex.ANATOMIX_ENV, str(fake_anatomix[0]))  # real SHA-1 cannot match
-    with pytest.raises(ex.ExtractorWeightsError, match="expected " + ex.ANATOMIX_SHA1):
+    monkeypatch.setenv(w.ANATOMIX_ENV, str(fake_anatomix[0]))  # real SHA-1 cannot match
+    with pytest.raises(ex.ExtractorWeightsError, match="expected " + w.ANATOMIX_SHA1):
         ex.build_extractor("anatomix")
 
 
@@ -74,7 +75,7 @@ def test_offline_failure_says_where_to_put_the_file(isolated):
     msg = str(e.value)
     assert "download failed" in msg and "unreachable" in msg
     assert str(isolated / "cache" / "anatomix" / "anatomix.pth") in msg
-    assert ex.ANATOMIX_ENV in msg and ex.ANATOMIX_URL in msg and ex.ANATOMIX_SHA1 in msg
+    assert w.ANATOMIX_ENV in msg and w.ANATOMIX_URL in msg and w.ANATOMIX_SHA1 in msg
 
 
 def test_missing_explicit_path_is_an_error_not_a_fallback(isolated):
@@ -84,10 +85,10 @@ def test_missing_explicit_path_is_an_error_not_a_fallback(isolated):
 
 def test_file_with_right_hash_loads(isolated, fake_anatomix, monkeypatch):
     path, ref = fake_anatomix
-    monkeypatch.setattr(ex, "ANATOMIX_SHA1", ex.git_blob_sha1(path))
-    monkeypatch.setenv(ex.ANATOMIX_ENV, str(path))
+    monkeypatch.setattr(w, "ANATOMIX_SHA1", w.git_blob_sha1(path))
+    monkeypatch.setenv(w.ANATOMIX_ENV, str(path))
     e = ex.build_extractor("anatomix")
-    assert e.weights_sha1 == ex.git_blob_sha1(path) and e.weights_verified
+    assert e.weights_sha1 == w.git_blob_sha1(path) and e.weights_verified
     assert e.out_channels == 16
     x = torch.rand(1, 1, 32, 32, 32)
     with torch.no_grad():
@@ -99,7 +100,7 @@ def test_wrapped_compiled_checkpoint_loads(isolated, fake_anatomix, monkeypatch)
     wrapped = isolated / "wrapped.pth"
     torch.save({"state_dict": {"_orig_mod." + k: v for k, v in ref.state_dict().items()}},
                wrapped)
-    monkeypatch.setattr(ex, "ANATOMIX_SHA1", ex.git_blob_sha1(wrapped))
+    monkeypatch.setattr(w, "ANATOMIX_SHA1", w.git_blob_sha1(wrapped))
     e = ex.build_extractor("anatomix", weights=wrapped)
     assert torch.equal(e.net.state_dict()["model.65.weight"], ref.state_dict()["model.65.weight"])
 
@@ -107,7 +108,7 @@ def test_wrapped_compiled_checkpoint_loads(isolated, fake_anatomix, monkeypatch)
 def test_download_goes_to_cache_after_checksum(isolated, fake_anatomix, monkeypatch):
     path, _ = fake_anatomix
     data = path.read_bytes()
-    monkeypatch.setattr(ex, "ANATOMIX_SHA1", ex.git_blob_sha1(data))
+    monkeypatch.setattr(w, "ANATOMIX_SHA1", w.git_blob_sha1(data))
     calls = []
 
     def fake_urlopen(url, timeout):
@@ -115,9 +116,9 @@ def test_download_goes_to_cache_after_checksum(isolated, fake_anatomix, monkeypa
         return io.BytesIO(data)
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     e = ex.build_extractor("anatomix")
-    assert calls == [(ex.ANATOMIX_URL, ex.DOWNLOAD_TIMEOUT_S)]
-    assert ex.anatomix_cache_path().read_bytes() == data
-    assert e.weights_path == str(ex.anatomix_cache_path())
+    assert calls == [(w.ANATOMIX_URL, w.DOWNLOAD_TIMEOUT_S)]
+    assert w.anatomix_cache_path().read_bytes() == data
+    assert e.weights_path == str(w.anatomix_cache_path())
     ex.build_extractor("anatomix")               # second time: from the cache
     assert len(calls) == 1
 
@@ -126,7 +127,7 @@ def test_download_with_wrong_hash_is_not_saved(isolated, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"<html>"))
     with pytest.raises(ex.ExtractorWeightsError, match="not saved"):
         ex.build_extractor("anatomix")
-    assert not ex.anatomix_cache_path().exists()
+    assert not w.anatomix_cache_path().exists()
 
 
 def test_verify_false_is_an_explicit_recorded_override(isolated, fake_anatomix):
@@ -160,13 +161,13 @@ def test_frozen_wrapper_stays_eval_and_out_of_checkpoints():
     assert list(sd) == ["head.weight", "head.bias"]               # extractor not checkpointed
     m2 = Model()
     assert not m2.load_state_dict(sd, strict=True).missing_keys
-    assert ex.git_blob_sha1(e.weights_path) == e.weights_sha1
+    assert w.git_blob_sha1(e.weights_path) == e.weights_sha1
 
 
 def test_bundled_extractor_provenance():
-    pt, meta = ex.bundled_weights("synthanat-tiny")
+    pt, meta = w.bundled_weights("synthanat-tiny")
     assert pt.stat().st_size < 2.2e6
-    assert meta["git_blob_sha1"] == ex.git_blob_sha1(pt)
+    assert meta["git_blob_sha1"] == w.git_blob_sha1(pt)
     assert meta["command"].startswith("dgbench pretrain-features") and meta["steps"] > 0
     e = ex.build_extractor("synthanat-tiny")
     assert e.out_channels == 16 and e.net.ngf == meta["architecture"]["ngf"]
@@ -175,7 +176,7 @@ def test_bundled_extractor_provenance():
 
 
 def test_bundled_weights_corruption_detected(tmp_path):
-    pt, meta = ex.bundled_weights("synthanat-tiny")
+    pt, meta = w.bundled_weights("synthanat-tiny")
     bad = tmp_path / "x.pt"
     bad.write_bytes(pt.read_bytes()[:-10] + b"0123456789")
     (tmp_path / "x.json").write_text(json.dumps(meta))
@@ -194,10 +195,10 @@ def test_random_extractors_are_explicit_and_deterministic():
 def test_bundled_v2_is_the_default_with_its_provenance():
     from dgbench.registry import METHODS, load_plugins
     load_plugins()
-    assert METHODS.get("maskgen").defaults["extractor"] == ex.BUNDLED == "synthanat-v2"
-    pt, meta = ex.bundled_weights("synthanat-v2")
+    assert METHODS.get("maskgen").defaults["extractor"] == w.BUNDLED == "synthanat-v2"
+    pt, meta = w.bundled_weights("synthanat-v2")
     assert pt.stat().st_size < 10e6 and meta["dtype"] == "float32"
-    assert meta["git_blob_sha1"] == ex.git_blob_sha1(pt)
+    assert meta["git_blob_sha1"] == w.git_blob_sha1(pt)
     assert meta["command"].startswith("dgbench pretrain-features --name synthanat-v2")
     assert meta["steps"] == meta["config"]["steps"] and meta["sizes"] == [32, 48, 64]
     log = (pt.parent / "synthanat-v2.log").read_text()
@@ -215,17 +216,17 @@ def test_bundled_v2_is_the_default_with_its_provenance():
 
 def test_bundled_file_of_another_architecture_is_refused(tmp_path, monkeypatch):
     # a synthanat-tiny file placed where synthanat-v2 should be: clear error, not a silent swap
-    pt, meta = ex.bundled_weights("synthanat-tiny")
+    pt, meta = w.bundled_weights("synthanat-tiny")
     (tmp_path / "synthanat-v2.pt").write_bytes(pt.read_bytes())
     (tmp_path / "synthanat-v2.json").write_text(json.dumps(meta))
-    monkeypatch.setattr(ex, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(w, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(ex.ExtractorWeightsError, match="is not the synthanat-v2 architecture"):
         ex.build_extractor("synthanat-v2")
 
 
 def test_one_cache_folder_for_data_and_weights_even_when_the_variable_is_empty(monkeypatch, tmp_path):
     from dgbench.data.adapter import cache_dir
-    from dgbench.models.extractors import anatomix_cache_path
+    from dgbench.models.weights import anatomix_cache_path
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("DGBENCH_CACHE", "")
     assert cache_dir() == tmp_path / ".cache" / "dgbench"

@@ -14,6 +14,7 @@ import pytest
 from dgbench import cost, preflight
 from dgbench.cli import main
 from dgbench.models import extractors as ex
+from dgbench.models import weights as w
 from dgbench.orchestrate import expand
 from test_datasets import env, make_folder  # noqa: F401  (env is a fixture)
 from test_orchestrate import fake_run
@@ -28,7 +29,7 @@ SLURM_OK = {"partition": "gpu", "time": 1440, "gpus": 1}
 def isolated(env, monkeypatch):
     """Own cache and splits (env), no anatomix weights anywhere, no network, a Slurm cluster with a
     default GPU partition."""
-    monkeypatch.delenv(ex.ANATOMIX_ENV, raising=False)
+    monkeypatch.delenv(w.ANATOMIX_ENV, raising=False)
     monkeypatch.delenv(cost.COST_ENV, raising=False)
 
     def no_network(*a, **k):
@@ -47,7 +48,7 @@ def fake_anatomix(path: Path, monkeypatch) -> Path:
     patched to its own); it is not a checkpoint, so building a network from it would fail."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not the real anatomix weights")
-    monkeypatch.setattr(ex, "ANATOMIX_SHA1", ex.git_blob_sha1(path))
+    monkeypatch.setattr(w, "ANATOMIX_SHA1", w.git_blob_sha1(path))
     return path
 
 
@@ -71,7 +72,7 @@ def test_paper_sweep_dry_run_lists_exactly_the_missing_data_and_weights(isolated
     for d in datasets:
         assert f"fix: dgbench prepare {d} --root PATH" in out
     anatomix = isolated / "cache" / "anatomix" / "anatomix.pth"
-    assert f"curl -L --create-dirs -o {anatomix} {ex.ANATOMIX_URL}" in out and ex.ANATOMIX_ENV in out
+    assert f"curl -L --create-dirs -o {anatomix} {w.ANATOMIX_URL}" in out and w.ANATOMIX_ENV in out
     assert "slurm: gpu (default), 1440 min, 1 GPU(s) per run" in out
     assert re.search(r"^  estimated: [\d,.]+ GPU-h for \d+ of the 252 runs to run", out, re.M)
     assert not (isolated / "cache" / "prepared").exists() and not anatomix.exists()   # checked, not made
@@ -178,7 +179,7 @@ def test_anatomix_weights_missing_wrong_and_right(isolated, monkeypatch):
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"a truncated download")
     (p,) = preflight.check(specs).problems
-    assert f"has git blob SHA-1 {ex.git_blob_sha1(cached)}, expected {ex.ANATOMIX_SHA1}" in p.what
+    assert f"has git blob SHA-1 {w.git_blob_sha1(cached)}, expected {w.ANATOMIX_SHA1}" in p.what
     fake_anatomix(cached, monkeypatch)
     monkeypatch.setattr(ex, "unet_from_state", lambda *a, **k: pytest.fail("the check built the network"))
     report = preflight.check(specs)
@@ -187,10 +188,10 @@ def test_anatomix_weights_missing_wrong_and_right(isolated, monkeypatch):
 
 def test_anatomix_from_env_or_explicit_path(isolated, monkeypatch):
     weights = fake_anatomix(isolated / "elsewhere" / "anatomix.pth", monkeypatch)
-    monkeypatch.setenv(ex.ANATOMIX_ENV, str(weights))
+    monkeypatch.setenv(w.ANATOMIX_ENV, str(weights))
     specs = expand(["synth"], ["maskgen"], hparams={"maskgen": {"extractor": "anatomix"}})
     assert preflight.check(specs).problems == []
-    monkeypatch.delenv(ex.ANATOMIX_ENV)
+    monkeypatch.delenv(w.ANATOMIX_ENV)
     missing = isolated / "nope.pth"
     specs = expand(["synth"], ["maskgen"], hparams={"maskgen": {"extractor": "anatomix",
                                                                "extractor_weights": str(missing)}})
@@ -206,7 +207,7 @@ def test_bundled_extractor_passes_and_unknown_or_corrupt_ones_do_not(isolated, t
     assert report.problems == [] and "extractor synthanat-v2: " in report.format() and "verified" in report.format()
     (p,) = preflight.check(expand(["synth"], ["maskgen"], hparams={"maskgen": {"extractor": "anatomx"}})).problems
     assert "unknown feature extractor 'anatomx'; known: anatomix" in p.what
-    pt, meta = ex.bundled_weights("synthanat-v2")
+    pt, meta = w.bundled_weights("synthanat-v2")
     copy = tmp_path / "mine.pt"
     copy.write_bytes(pt.read_bytes()[:-10])
     (tmp_path / "mine.json").write_text(json.dumps(meta))
