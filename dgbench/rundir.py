@@ -33,11 +33,8 @@ cases the reference used for validation; only for a table labelled as an oracle)
 is absent from the ground truth (``gt_present`` False; ``pred_present`` says whether the model
 predicted it anyway).
 
-All writes are atomic (a temporary ``.<name>.<pid>-<thread>.tmp`` + rename; the temporary file
-is removed when the write fails, e.g. on a full disk), so a killed process never leaves a
-half-written file that a reader would take for a finished one. Temporary files of a process
-killed mid-write are removed by the next process that takes the run's lock. JSON is strict
-(no NaN or Infinity: non-finite numbers are written as null).
+All writes are atomic and JSON is strict (dgbench.atomic). Temporary files of a process killed
+mid-write are removed by the next process that takes the run's lock.
 
 States (``RunDir.state``), one meaning each: done / failed (a final marker); invalid (spec.json
 does not hash to the run id); running (a live process holds the lock); stale (started - a
@@ -49,17 +46,20 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import math
 import os
 import re
 import socket
-import threading
 import time
 import traceback
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
+
+# the atomic file helpers live in dgbench.atomic; imported here for the run folder's own writes
+# and for the modules that import them from here
+from dgbench.atomic import (_tmp_name, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
+                            is_out_of_space, read_json, to_json)
 
 METRIC_COLUMNS = ["run_id", "dataset", "method", "setting", "seed", "selection", "split",
                   "domain", "case", "class", "class_name", "dice", "gt_present", "pred_present"]
@@ -72,65 +72,6 @@ TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-\d+\.tmp$")
 
 class RunFolderError(ValueError):
     """A run folder that cannot be trusted as it is. The message names the file and the fix."""
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all. On failure (a full disk, Ctrl-C) the temporary file is
-    removed and an OSError names ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(e, OSError) and e.errno is not None and e.filename != str(path):
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def to_json(obj: Any, indent: int | None = 2, sort_keys: bool = True) -> str:
-    """Strict JSON (RFC 8259), for every JSON file dgbench writes: NaN and +-Infinity, which
-    JSON has no words for, are written as null."""
-    return json.dumps(_finite(obj), indent=indent, sort_keys=sort_keys, default=str, allow_nan=False)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, to_json(obj) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def is_out_of_space(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class RunDir:

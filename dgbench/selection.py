@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dgbench.rundir import METRIC_COLUMNS, RunDir, atomic_write_bytes, atomic_write_text
+from dgbench.atomic import atomic_write_bytes, atomic_write_text
+from dgbench.rundir import METRIC_COLUMNS, RunDir
 
 LAST, SOURCE_VAL, ORACLE = "last", "source-val", "oracle-target-val"
 

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ from monai.losses import DiceCELoss
 
 from dgbench import __version__, accel, convergence
 from dgbench.amp import amp_dtype_for, autocast
+from dgbench.checkpoint import Checkpoints
 from dgbench.data.cache import ensure_prepared
 from dgbench.data.device_aug import DeviceAugmentation, DeviceOp, standard_device_augmentation
 from dgbench.data.sampling import PatchDataset, standard_augmentation
@@ -26,8 +26,8 @@ from dgbench.method import MethodContext
 from dgbench.progress import progress as progress_bar
 from dgbench.models.backbones import build_backbone
 from dgbench.registry import DATASETS, METHODS
-from dgbench.rundir import (RunDir, RunFolderError, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                            is_out_of_space, read_json)
+from dgbench.atomic import atomic_write_json, atomic_write_text, is_out_of_space, read_json
+from dgbench.rundir import RunDir, RunFolderError
 from dgbench.selection import ORACLE, append_val_history, final_metrics, write_metrics
 from dgbench.spec import RunSpec
 
@@ -51,7 +51,7 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 12345) % (2 ** 63 - 1)
 
 
-class Trainer:
+class Trainer(Checkpoints):
     """Everything a run needs, built from the spec; `fit()` trains, `dgbench.selection.final_metrics`
     evaluates."""
 
@@ -109,72 +109,6 @@ class Trainer:
                                                                      spec.seed, self.device)
         self.data = PatchDataset(self.prepared, self.train_ids, self.cfg.patch_size, spec.seed,
                                  self.cfg.fg_oversample, transforms, self.cfg.steps * self.cfg.batch_size)
-
-    # checkpoints --------------------------------------------------------------------------
-    def state(self) -> dict:
-        return {"model": self.net.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                "step": self.step, "best_val": self.best_val, "best_step": self.best_step,
-                "best_target_val": self.best_tv, "best_target_val_step": self.best_tv_step,
-                "losses": list(self.losses), "run_id": self.spec.run_id, "dgbench": __version__, "torch": torch.__version__}
-
-    def save(self, path: Path) -> None:
-        buf = io.BytesIO()
-        torch.save(self.state(), buf)
-        if path == self.rd.last_ckpt:
-            self.rd.write_checkpoint(buf.getvalue())      # keeps the one it replaces as prev.pt
-        else:
-            atomic_write_bytes(path, buf.getvalue())
-
-    def read_checkpoint(self, path: Path) -> dict:
-        """torch.load, with an error that names the file and the way out when it is unreadable."""
-        try:
-            ck = torch.load(path, map_location=self.device, weights_only=False)
-            if not isinstance(ck, dict) or "model" not in ck:
-                raise ValueError("not a dgbench checkpoint")
-            return ck
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first})") from e
-
-    def resume(self) -> bool:
-        """Load checkpoints/last.pt, or, when it is unreadable, the checkpoint it replaced (prev.pt)
-        with a line in the log. False when there is nothing to resume from."""
-        rd, bad = self.rd, []
-        for path in (rd.last_ckpt, rd.prev_ckpt):
-            if not path.exists():
-                continue
-            try:
-                ck = self.read_checkpoint(path)
-            except CheckpointError as e:
-                bad.append((path, e))
-                continue
-            self.load(path, ck)
-            if bad:
-                rd.log(f"{bad[0][1]}; resumed from the previous checkpoint {path.name} (step {self.step}) "
-                       f"and removed the unreadable one")
-                log.warning("run %s: %s; resuming from %s (step %d)", self.spec.run_id, bad[0][1], path, self.step)
-                for p, _ in bad:
-                    p.unlink(missing_ok=True)
-            return True
-        if bad:
-            files = " ".join(str(p) for p, _ in bad)
-            raise CheckpointError(f"{bad[0][1]}" + (f"; so is {bad[1][0].name}" if len(bad) > 1 else "")
-                                  + f". No readable checkpoint is left: delete it (rm {files}) to restart the "
-                                  f"run from step 0, then run it again.")
-        return False
-
-    def load(self, path: Path, ck: dict | None = None) -> None:
-        ck = self.read_checkpoint(path) if ck is None else ck
-        if ck.get("run_id") != self.spec.run_id:
-            raise RuntimeError(f"{path}: checkpoint belongs to run {ck.get('run_id')}, not {self.spec.run_id}.")
-        self.net.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["opt"])
-        self.sched.load_state_dict(ck["sched"])
-        self.step, self.best_val, self.best_step = ck["step"], ck["best_val"], ck["best_step"]
-        self.best_tv, self.best_tv_step = ck.get("best_target_val", -math.inf), ck.get("best_target_val_step", -1)
-        self.losses = list(ck.get("losses", []))
-        # rows past the checkpoint came from a process killed after writing them
-        self.loss_log = [r for r in convergence.read_train_loss(self.rd.train_loss) if r[0] <= self.step]
 
     # training -----------------------------------------------------------------------------
     def evaluate(self, cases: list[tuple[str, str]], keep_predictions: set[str] | None = None,
@@ -333,10 +267,6 @@ def write_spec(rd: RunDir, spec: RunSpec, extra: dict | None = None) -> None:
         return
     atomic_write_json(rd.spec_file, {"run_id": spec.run_id, "spec": spec.to_dict(), "dgbench": __version__,
                                      "torch": torch.__version__, **(extra or {})})
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read; the message names the file."""
 
 
 class Heartbeat:

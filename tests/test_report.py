@@ -161,6 +161,11 @@ def test_tables_sweep_takes_the_grid_from_the_sweep_file(tmp_path, capsys):
     assert "Missing runs: synth / gin / seed 1: no run folder." in main
     assert f"{specs['gin', 0].run_id}: incomplete (pending)" in main
     assert f"Run folders that small.yaml does not declare, left out (1): {stray.run_id}." in main
+    more = tmp_path / "more.yaml"                                       # a second file declares the stray run
+    more.write_text("datasets: [synth]\nmethods: [erm]\nseeds: [7]\ntrain: {steps: 10}\n")
+    write_tables(res, tmp_path / "two", n_boot=0, figures=False, sweep=[sweep, more])
+    two = (tmp_path / "two" / "main.md").read_text()
+    assert "Built from 3 of 5 expected runs (declared by small.yaml + more.yaml)." in two and "left out" not in two
     write_tables(res, tmp_path / "all", n_boot=0, figures=False)       # without --sweep: the folders' grid
     assert "| erm | **40.0 ± 36.1** |" in (tmp_path / "all" / "main.md").read_text()
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dgbench.report.common import DAGGER, LAST, PRIMARY, _seed_stats, fmt_cell, markdown_table, rule
+from dgbench.report.common import DAGGER, PRIMARY, _seed_stats, fmt_cell, markdown_table
+from dgbench.selection import LAST, rule
 from dgbench.report.collect import _bad_ids, _convergence_notes, _read_run, collect, run_scores
 
 # ------------------------------------------------------------------------------------------

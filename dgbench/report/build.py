@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 
-from dgbench.report.common import PRIMARY, REF_METHOD, Table, _col_label_fewshot, _col_label_main, _slug, rule
+from dgbench.report.common import PRIMARY, REF_METHOD, Table, _col_label_fewshot, _col_label_main, _slug
+from dgbench.selection import rule
 from dgbench.report.collect import _select_runs, collect
 from dgbench.report.render import to_latex, to_markdown, write_table
 from dgbench.report.tables import _per_class_table, _score_table, default_paper_file, load_paper
@@ -30,17 +31,18 @@ SETTING_FEWSHOT_RE = re.compile(r"^fewshot-(\d+)$")
 
 def write_tables(results: Path, out: Path | None = None, selection: str = PRIMARY,
                  paper: Path | bool | None = None, n_boot: int = 1000, seed: int = 0,
-                 figures: bool = True, versus: str = REF_METHOD, sweep: Path | None = None) -> dict[str, list[Path]]:
+                 figures: bool = True, versus: str = REF_METHOD, sweep=None) -> dict[str, list[Path]]:
     """Build every table (md, tex, csv) and figure (png, pdf) from ``<results>/runs``.
 
     ``paper``: None/False = no paper row; True = the committed reference file; or a path.
     ``versus``: the method every other one is tested against in ``pairwise``.
-    ``sweep``: a sweep file; its runs are the expected grid (see _collect_sweep).
+    ``sweep``: a sweep file, or a list of them; their runs are the expected grid (_collect_sweep).
     Returns {kind: [paths]}; the main Markdown is ``out/main.md``."""
     results = Path(results)
     out = Path(out) if out is not None else results / "tables"
     paper_df = load_paper(None if paper is True else Path(paper)) if paper else None     # refused before any work
-    col, top_notes = _collect_sweep(results, Path(sweep)) if sweep is not None else (collect(results), [])
+    sweeps = [Path(f) for f in ([sweep] if isinstance(sweep, (str, Path)) else sweep or [])]
+    col, top_notes = _collect_sweep(results, sweeps) if sweeps else (collect(results), [])
     out.mkdir(parents=True, exist_ok=True)
     runs = col.runs
     unknown = runs[runs[["dataset", "method", "setting", "seed"]].isna().any(axis=1)]
@@ -95,7 +97,7 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
                                    reference=versus)
     t_rank, t_per, t_pair = rank_tables(ranks, pairs, primary, n_boot, seed, methods, reference=versus,
                                         runs=used)
-    from dgbench.rundir import atomic_write_text
+    from dgbench.atomic import atomic_write_text
     csv_kw = dict(index=False, float_format="%.6f", lineterminator="\n")
     atomic_write_text(out / "ranks.csv", ranks.to_csv(**csv_kw))
     atomic_write_text(out / "pairwise.csv", pairs.to_csv(**csv_kw))
@@ -115,26 +117,26 @@ def write_tables(results: Path, out: Path | None = None, selection: str = PRIMAR
     return written
 
 
-def _collect_sweep(results: Path, sweep: Path):
-    """The runs a sweep file declares (dgbench.orchestrate.sweep), read from ``results``: the
+def _collect_sweep(results: Path, sweeps: list[Path]):
+    """The runs the sweep files declare (dgbench.orchestrate.sweep), read from ``results``: the
     expected grid is theirs, a declared run without a folder is missing (labelled from the sweep)
     and counts as such in the notes, and a folder the sweep does not declare is left out with a
     note. Returns (Collection, notes for the top of every table)."""
     from dgbench.orchestrate.sweep import load_sweep, sweep_specs
-    specs = {s.run_id: s for s in sweep_specs(load_sweep(sweep))}
+    specs = {s.run_id: s for f in sweeps for s in sweep_specs(load_sweep(f))}
     col = collect(results, list(specs))
     runs = col.runs
     for i in runs.index[runs["state"] == "missing"]:
         sp = specs[runs.at[i, "run_id"]]
         runs.loc[i, ["dataset", "method", "setting", "seed"]] = [sp.dataset, sp.method, sp.setting, sp.seed]
     col.declared = {(s.dataset, s.setting, s.method, s.seed) for s in specs.values()}
-    col.declared_by = sweep.name
+    col.declared_by = name = " + ".join(f.name for f in sweeps)
     runs_dir = results / "runs"
     stray = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in specs) if runs_dir.is_dir() else []
     notes = []
     if stray:
         shown = ", ".join(stray[:10]) + (f" and {len(stray) - 10} more" if len(stray) > 10 else "")
-        notes.append(f"Run folders that {sweep.name} does not declare, left out ({len(stray)}): {shown}.")
+        notes.append(f"Run folders that {name} does not declare, left out ({len(stray)}): {shown}.")
     return col, notes
 
 
@@ -191,8 +193,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--versus", default=REF_METHOD, metavar="METHOD",
                    help=f"method the others are tested against in pairwise.csv (default {REF_METHOD}; "
                         f"e.g. erm to test baselines against the plain recipe)")
-    p.add_argument("--sweep", type=Path, default=None, metavar="FILE",
-                   help="the sweep file that declared the runs: its grid is the expected one (a declared run "
+    p.add_argument("--sweep", type=Path, action="append", default=None, metavar="FILE",
+                   help="the sweep file that declared the runs (repeatable: e.g. sweeps/paper.yaml and "
+                        "sweeps/fewshot.yaml): their grid is the expected one (a declared run "
                         "without a finished folder is listed as missing or not averaged; a folder it does not "
                         "declare is left out, with a note). Default: the grid of the folders found")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG/PDF figures")

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dgbench.selection import LAST, ORACLE, SOURCE_VAL, rule
+from dgbench.selection import ORACLE, SOURCE_VAL
 
 
 PRIMARY = SOURCE_VAL

@@ -64,7 +64,7 @@ def to_csv(t: Table) -> str:
 
 
 def write_table(t: Table, out: Path) -> list[Path]:
-    from dgbench.rundir import atomic_write_text
+    from dgbench.atomic import atomic_write_text
     out = Path(out)
     paths = []
     for ext, text in (("md", to_markdown(t)), ("tex", to_latex(t)), ("csv", to_csv(t))):

@@ -6,7 +6,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dgbench.report.common import DAGGER, DASH, REF_METHOD, SCALE, Table, _col_label_main, _int_columns, _rank_rows, rule
+from dgbench.report.common import DAGGER, DASH, REF_METHOD, SCALE, Table, _col_label_main, _int_columns, _rank_rows
+from dgbench.selection import rule
 from dgbench.report.collect import Collection, _convergence_notes, not_converged
 
 # ------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dgbench.report.common import DAGGER, DASH, DECIMALS, ORACLE_NOTE, REF_METHOD, SCALE, Table, _MISSING_NOTE, _col_label_main, _int_columns, _rank_scores, _seed_stats, _slug, fmt_cell, rule
+from dgbench.report.common import DAGGER, DASH, DECIMALS, ORACLE_NOTE, REF_METHOD, SCALE, Table, _MISSING_NOTE, _col_label_main, _int_columns, _rank_scores, _seed_stats, _slug, fmt_cell
+from dgbench.selection import rule
 from dgbench.report.collect import Accounting, Collection, _bad_ids, _convergence_notes, _grid_accounting, _select_runs, class_scores, run_scores
 
 # ------------------------------------------------------------------------------------------
