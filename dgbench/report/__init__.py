@@ -30,7 +30,8 @@ with the best mean source-val Dice over its seeds is used (DomainBed's training-
 validation) and the table says so.
 
 Run accounting: the expected grid is every observed (dataset, setting) × every observed
-method × every observed seed. Spec and state of each folder come from ``dgbench.rundir.scan``
+method × every observed seed, or, with ``tables --sweep FILE``, the runs the sweep files declare
+(a declared run without a folder is missing; a folder they do not declare is left out, named). Spec and state of each folder come from ``dgbench.rundir.scan``
 (the one reader of a run's spec): a grid cell without a folder is *missing*; a folder with
 ``failed.json`` is *failed*; one without ``done.json`` is *incomplete* (running / stale /
 pending); one whose spec does not match its name is *invalid* (listed under its name's cell).
