@@ -26,7 +26,7 @@ from dgbench.method import MethodContext
 from dgbench.progress import progress as progress_bar
 from dgbench.models.backbones import build_backbone
 from dgbench.registry import DATASETS, METHODS
-from dgbench.atomic import atomic_write_json, atomic_write_text, is_out_of_space, read_json
+from dgbench.atomic import atomic_write_json, atomic_write_text, is_out_of_space
 from dgbench.rundir import RunDir, RunFolderError
 from dgbench.selection import ORACLE, append_val_history, final_metrics, write_metrics
 from dgbench.spec import RunSpec
@@ -259,9 +259,9 @@ def pick_augmentation(method, cfg, sided: bool, seed: int, device: torch.device)
 
 
 def write_spec(rd: RunDir, spec: RunSpec, extra: dict | None = None) -> None:
-    if rd.spec_file.exists():
-        old = read_json(rd.spec_file)
-        if old.get("spec") != spec.to_dict():
+    old = rd.read_spec()                     # the one reader of spec.json (checked against the folder)
+    if old is not None:
+        if old != spec.to_dict():
             raise RuntimeError(f"{rd.spec_file}: holds a different spec than run {spec.run_id}; the run "
                                f"folder was edited or copied. Move it away and re-run.")
         return
