@@ -19,7 +19,7 @@ from pathlib import Path
 from unittest import mock
 
 from dgbench import orchestrate as orch
-from dgbench.rundir import RunDir, atomic_write_json
+from dgbench.atomic import atomic_write_json
 
 
 def timed(label: str, fn, repeat: int = 3):

@@ -226,7 +226,7 @@ class FolderDataset(NnunetFolderAdapter):
         super().ensure_raw(root)
         self.configure(root)
         self.config_error = None
-        from dgbench.rundir import atomic_write_json
+        from dgbench.atomic import atomic_write_json
         atomic_write_json(root_pointer(), {"root": str(root)})
 
     def find_cases(self, root: Path) -> list[Case]:

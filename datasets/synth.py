@@ -12,7 +12,7 @@ from dgbench.data import synth
 from dgbench.data.adapter import cache_dir
 from dgbench.data.io import DataError, save_nifti
 from dgbench.registry import register_dataset
-from dgbench.rundir import atomic_write_json
+from dgbench.atomic import atomic_write_json
 from dgbench_datasets.folder import NnunetFolderAdapter
 
 

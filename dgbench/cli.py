@@ -134,7 +134,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_status(args) -> int:
     from dgbench.orchestrate.status import collect_status, format_status
-    from dgbench.rundir import to_json
+    from dgbench.atomic import to_json
     rows = collect_status(args.results)
     if args.state:
         rows = [r for r in rows if r["state"] in args.state]
@@ -337,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from dgbench.data.io import DataError
-    from dgbench.rundir import RunFolderError, is_out_of_space
+    from dgbench.rundir import RunFolderError
+    from dgbench.atomic import is_out_of_space
     try:
         return int(args.func(args) or 0)
     except (UserError, DataError, RunFolderError) as e:

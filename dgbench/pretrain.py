@@ -43,7 +43,7 @@ from torch import nn
 
 from dgbench.models.anatomix import seeded_extractor_net
 from dgbench.procedural import corruption_chain, random_label_map, render_view
-from dgbench.rundir import atomic_write_bytes, to_json
+from dgbench.atomic import atomic_write_bytes, to_json
 
 # ---------------------------------------------------------------------------------------------
 # Loss
@@ -260,7 +260,7 @@ def pretrain(steps: int = PretrainConfig.steps, seed: int = 0, log_every: int = 
 def save_extractor(result: dict, out_dir: Path, name: str, command: str,
                    invocation: str | None = None, wall_time_s: float | None = None) -> tuple[Path, Path]:
     """Write `<name>.pt` (fp32 state_dict, anatomix key layout) and `<name>.json` provenance."""
-    from dgbench.models.extractors import git_blob_sha1
+    from dgbench.models.weights import git_blob_sha1
     out_dir.mkdir(parents=True, exist_ok=True)
     pt, meta = out_dir / f"{name}.pt", out_dir / f"{name}.json"
     state = {k: (v.float() if v.is_floating_point() else v)

@@ -127,7 +127,7 @@ def declared(key: str, compute: Callable[[], Any]) -> Any:
     if _facts.get(key) != value:
         _facts[key] = value
         try:
-            from dgbench.rundir import atomic_write_json
+            from dgbench.atomic import atomic_write_json
             path = _facts_file()
             atomic_write_json(path, _facts)
             for old in path.parent.glob("facts-*.json"):     # those of other sources

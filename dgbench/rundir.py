@@ -56,10 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-# the atomic file helpers live in dgbench.atomic; imported here for the run folder's own writes
-# and for the modules that import them from here
-from dgbench.atomic import (_tmp_name, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
-                            is_out_of_space, read_json, to_json)
+from dgbench.atomic import _tmp_name, atomic_write_bytes, atomic_write_json, is_out_of_space, read_json
 
 METRIC_COLUMNS = ["run_id", "dataset", "method", "setting", "seed", "selection", "split",
                   "domain", "case", "class", "class_name", "dice", "gt_present", "pred_present"]
@@ -100,6 +97,21 @@ class RunDir:
     executor_file = property(lambda self: self.path / "executor.json")
 
     # spec ---------------------------------------------------------------------------------
+    def write_spec(self, spec) -> None:
+        """Write spec.json for ``spec`` (a RunSpec) unless the folder already has it; a spec.json
+        holding another spec is a RunFolderError (the folder was edited or copied). The one
+        writer of spec.json: the planner pre-creates it (queued runs show as pending), training
+        checks it."""
+        old = self.read_spec()
+        if old is not None:
+            if old != spec.to_dict():
+                raise RunFolderError(f"{self.spec_file}: holds a different spec than run {spec.run_id}; the "
+                                     f"run folder was edited or copied. Move it away and re-run.")
+            return
+        from dgbench import __version__
+        atomic_write_json(self.spec_file, {"run_id": spec.run_id, "spec": spec.to_dict(),
+                                           "dgbench": __version__, "torch": _torch_version()})
+
     def read_spec(self) -> dict | None:
         """The spec in spec.json (the bare RunSpec dict), checked against the folder: None when
         there is no spec.json yet; RunFolderError when it cannot be read or names another run.
@@ -386,3 +398,12 @@ def scan(results: Path | str, ids: Iterable[str] | None = None, now: float | Non
             if r.job_id in running and not RunDir(root / r.run_id).holder_alive(now=now, job_alive=alive.get(r.job_id, False)):
                 records[i] = dataclasses.replace(r, state="stale")
     return records
+
+
+def _torch_version() -> str:
+    """torch.__version__ without importing torch (seconds) in a submitting process."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "?"

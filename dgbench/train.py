@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from dgbench import __version__, accel, convergence
+from dgbench import accel, convergence
 from dgbench.amp import amp_dtype_for, autocast
 from dgbench.checkpoint import Checkpoints
 from dgbench.data.cache import ensure_prepared
@@ -26,7 +26,7 @@ from dgbench.method import MethodContext
 from dgbench.progress import progress as progress_bar
 from dgbench.models.backbones import build_backbone
 from dgbench.registry import DATASETS, METHODS
-from dgbench.atomic import atomic_write_json, atomic_write_text, is_out_of_space
+from dgbench.atomic import atomic_write_text, is_out_of_space
 from dgbench.rundir import RunDir, RunFolderError
 from dgbench.selection import ORACLE, append_val_history, final_metrics, write_metrics
 from dgbench.spec import RunSpec
@@ -258,17 +258,6 @@ def pick_augmentation(method, cfg, sided: bool, seed: int, device: torch.device)
     return "cpu", None, method.augmentation(spatial, intensity)
 
 
-def write_spec(rd: RunDir, spec: RunSpec, extra: dict | None = None) -> None:
-    old = rd.read_spec()                     # the one reader of spec.json (checked against the folder)
-    if old is not None:
-        if old != spec.to_dict():
-            raise RuntimeError(f"{rd.spec_file}: holds a different spec than run {spec.run_id}; the run "
-                               f"folder was edited or copied. Move it away and re-run.")
-        return
-    atomic_write_json(rd.spec_file, {"run_id": spec.run_id, "spec": spec.to_dict(), "dgbench": __version__,
-                                     "torch": torch.__version__, **(extra or {})})
-
-
 class Heartbeat:
     """Refreshes heartbeat.json every `every` seconds from a thread while the run holds its lock,
     so data preparation, validation and evaluation never look stale to `status` or the lock."""
@@ -333,7 +322,7 @@ def execute(spec: RunSpec, results: Path, progress: bool = True, device: torch.d
 
 def _execute_locked(spec: RunSpec, rd: RunDir, hb: Heartbeat, progress: bool, device) -> str:
     try:
-        write_spec(rd, spec)
+        rd.write_spec(spec)
         if rd.failed_file.exists():
             rd.failed_file.unlink()
         t0 = time.time()

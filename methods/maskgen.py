@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from dgbench.amp import autocast
 from dgbench.method import Method
-from dgbench.models.extractors import BUNDLED
+from dgbench.models.weights import BUNDLED
 from dgbench.registry import register_method
 
 

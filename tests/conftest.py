@@ -16,6 +16,26 @@ TINY_TRAIN = {"steps": 6, "batch_size": 2, "val_every": 3, "ckpt_every": 3, "sw_
               "backbone_kwargs": {"width": 4, "levels": 2}}
 
 
+def interrupted_run(spec, results, at_step: int):
+    """Run until step ``at_step`` is done, then Ctrl-C (KeyboardInterrupt) as the next one
+    starts; returns the run folder."""
+    from dgbench.rundir import RunDir
+    from dgbench.train import Trainer, execute
+    orig = Trainer.train_step
+
+    def step(self, x, y):
+        if self.step == at_step:
+            raise KeyboardInterrupt
+        return orig(self, x, y)
+    Trainer.train_step = step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute(spec, results, progress=False)
+    finally:
+        Trainer.train_step = orig
+    return RunDir.for_run(results, spec.run_id)
+
+
 @pytest.fixture(scope="session")
 def synth_prepared():
     from dgbench.data.cache import ensure_prepared

@@ -44,7 +44,8 @@ def walk(transforms):
 
 # What a plug-in may import from the engine (docs/CONTRACTS.md, "Methods"): module -> names (None: any)
 PLUGIN_API = {"dgbench.method": None, "dgbench.amp": None, "dgbench.registry": {"register_method"},
-              "dgbench.models.extractors": None, "dgbench.models.backbones": None,
+              "dgbench.models.extractors": None, "dgbench.models.weights": {"BUNDLED"},
+              "dgbench.models.backbones": None,
               "dgbench.spec": {"REFERENCE_AUG_PROB"}}
 
 

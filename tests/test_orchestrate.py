@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from dgbench import orchestrate as orch
-from dgbench.rundir import RunDir, atomic_write_json
+from dgbench.rundir import RunDir
+from dgbench.atomic import atomic_write_json
 from dgbench.spec import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,10 +258,9 @@ def test_a_run_whose_process_died_is_stale_everywhere(tmp_path, capsys):
 # locks, claims, spec.json
 # ---------------------------------------------------------------------------------------------
 def test_prepared_spec_json_is_the_one_train_writes(tmp_path):
-    from dgbench.train import write_spec
     spec = orch.expand(["synth"], ["erm"], train={"steps": 5})[0]
     rd = orch._prepare(spec, tmp_path)
-    write_spec(rd, spec)                       # raises if the pre-created file disagrees
+    rd.write_spec(spec)                        # raises if the pre-created file disagrees
     assert orch.spec_from_file(rd.spec_file) == spec
 
 

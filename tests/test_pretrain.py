@@ -9,6 +9,7 @@ import torch
 from dgbench import pretrain as pt
 from dgbench import procedural as pr
 from dgbench.models import extractors as ex
+from dgbench.models import weights
 
 
 
@@ -114,7 +115,7 @@ def test_cli_help_resume_and_weights(tmp_path, capsys):
     log = (tmp_path / "t.log").read_text()
     assert "resumed from" in log and "step 3/3 loss" in log and log.count("command:") == 2
     meta = json.loads((tmp_path / "t.json").read_text())
-    assert meta["git_blob_sha1"] == ex.git_blob_sha1(tmp_path / "t.pt")
+    assert meta["git_blob_sha1"] == weights.git_blob_sha1(tmp_path / "t.pt")
     assert meta["steps"] == 3 and meta["sizes"] == [16, 32] and np.isfinite(meta["final_loss"])
     assert meta["dtype"] == "float32" and meta["architecture"]["norm"] == "instance"
     assert "--sizes 16,32" in meta["command"]

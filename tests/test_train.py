@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, interrupted_run
 from dgbench.evaluate import mean_dice
 from dgbench.rundir import METRIC_COLUMNS, RunDir
 from dgbench.selection import ORACLE, final_metrics
@@ -97,7 +97,7 @@ def test_busy_run_is_not_trained_twice(tmp_path, synth_prepared):
 
 
 def test_numbers_from_the_command_line_are_numbers():
-    from dgbench.orchestrate import parse_kv
+    from dgbench.cli_args import parse_kv
     assert parse_kv("lr=1e-3") == ("lr", 1e-3)                # YAML alone would keep "1e-3" a string
     assert parse_kv("patch_size=[64, 64, 64]") == ("patch_size", [64, 64, 64])
     assert resolve("synth", "erm", train={"lr": "1e-3", "steps": "12"}).train.lr == 1e-3
@@ -200,29 +200,13 @@ def test_target_val_scoring_never_changes_training(folder_env, monkeypatch, tmp_
     assert "no target-val cases in the split" in bare.log_file.read_text()
 
 
-def interrupt_at(spec, results, at_step):
-    """Run until step ``at_step`` is done, then Ctrl-C (KeyboardInterrupt) as the next one starts."""
-    orig = Trainer.train_step
-
-    def step(self, x, y):
-        if self.step == at_step:
-            raise KeyboardInterrupt
-        return orig(self, x, y)
-    Trainer.train_step = step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            execute(spec, results, progress=False)
-    finally:
-        Trainer.train_step = orig
-
-
 def test_oracle_state_resumes_exactly(folder_env, monkeypatch, tmp_path):
     env, spec, clean = folder_env
     use(env, monkeypatch)
     rd = RunDir.for_run(tmp_path, spec.run_id)
-    interrupt_at(spec, tmp_path, 3)       # after the step-3 validation wrote its row and oracle file;
+    interrupted_run(spec, tmp_path, 3)       # after the step-3 validation wrote its row and oracle file;
     assert rd.oracle_ckpt.exists() and [r["step"] for r in val_history(rd)] == ["3"]   # last.pt: step 2
-    interrupt_at(spec, tmp_path, 5)       # resumed from step 2; stopped with last.pt at step 4
+    interrupted_run(spec, tmp_path, 5)       # resumed from step 2; stopped with last.pt at step 4
     t = Trainer(spec, rd, progress=False)
     assert t.resume() and t.step == 4
     step3 = val_history(rd)[0]

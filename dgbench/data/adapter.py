@@ -120,7 +120,7 @@ def split_difference(old: dict, new: dict) -> str:
 
 
 def write_split(path: Path, payload: dict) -> None:
-    from dgbench.rundir import atomic_write_json
+    from dgbench.atomic import atomic_write_json
     payload = dict(payload)
     payload["sha1"] = content_sha1(payload)
     atomic_write_json(path, payload)

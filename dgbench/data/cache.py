@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from dgbench.data.adapter import Case, DatasetAdapter, cache_dir
 from dgbench.data.io import DataError, check_finite, check_labels, check_pair, load_nifti
-from dgbench.rundir import atomic_write_bytes, atomic_write_json
+from dgbench.atomic import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("dgbench")
 

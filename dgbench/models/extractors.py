@@ -30,7 +30,6 @@ from torch import nn
 
 from dgbench.models.anatomix import Unet, seeded_extractor_net, strip_wrappers
 from dgbench.models.weights import BUNDLED_ARCH, ExtractorWeightsError, _bundled_file, anatomix_file
-from dgbench.models.weights import BUNDLED, bundled_weights, git_blob_sha1  # noqa: F401  (callers' import path)
 from dgbench.registry import EXTRACTORS, register_extractor
 
 # ---------------------------------------------------------------------------------------------

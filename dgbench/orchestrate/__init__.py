@@ -35,8 +35,12 @@ from dgbench.orchestrate.status import collect_status, format_status
 from dgbench.orchestrate.sweep import (as_list, as_seeds, expand, load_sweep, sweep_datasets, sweep_methods,
                                        sweep_specs)
 
+__all__ = ["EXECUTORS", "EXIT_BUSY", "EXIT_FAILED", "InlineExecutor", "LocalExecutor", "executor_class",
+           "get_executor", "progress_steps", "run_specs", "spec_from_file", "EXECUTOR_FILE", "SLURM_ENDED",
+           "holder_alive", "slurm_job_states", "TODO", "format_plan", "plan_runs", "collect_status",
+           "format_status", "as_list", "as_seeds", "expand", "load_sweep", "sweep_datasets", "sweep_methods",
+           "sweep_specs", "_local_worker", "_prepare"]
 _SLURM = ("SlurmExecutor", "TrainJob", "_claim", "_slurm_job_id")
-_CLI = ("parse_kv", "add_executor_args", "executor_options")     # moved to dgbench.cli_args
 
 
 def __getattr__(name: str):
@@ -44,7 +48,4 @@ def __getattr__(name: str):
     if name in _SLURM:
         from dgbench.orchestrate import slurm
         return getattr(slurm, name)
-    if name in _CLI:
-        from dgbench import cli_args
-        return getattr(cli_args, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,17 +5,16 @@
 and ``run_specs``, which plans (done runs skipped, failed ones reported) and runs the rest."""
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from dgbench import __version__
 from dgbench.errors import UserError
 from dgbench.orchestrate.plan import TODO, plan_runs
 from dgbench.orchestrate.sweep import as_list
-from dgbench.rundir import RunDir, atomic_write_json, read_json
+from dgbench.rundir import RunDir
+from dgbench.atomic import read_json
 from dgbench.spec import RunSpec
 
 EXECUTORS = ("inline", "local", "slurm")
@@ -23,23 +22,10 @@ EXIT_FAILED, EXIT_BUSY = 10, 11          # local worker exit codes
 
 
 def _prepare(spec: RunSpec, results: Path) -> RunDir:
-    """Create the run folder with its spec.json (the same content dgbench.train.write_spec
-    writes) so that `status` lists queued runs as pending."""
+    """Create the run folder with its spec.json, so that `status` lists queued runs as pending."""
     rd = RunDir.for_run(results, spec.run_id)
-    if not rd.spec_file.exists():
-        atomic_write_json(rd.spec_file, {"run_id": spec.run_id, "spec": spec.to_dict(),
-                                         "dgbench": __version__, "torch": _torch_version()})
+    rd.write_spec(spec)
     return rd
-
-
-@functools.lru_cache(maxsize=1)
-def _torch_version() -> str:
-    """torch.__version__ without importing torch (seconds) in the submitting process."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("torch")
-    except PackageNotFoundError:
-        return "?"
 
 
 def spec_from_file(path: str | Path) -> RunSpec:

@@ -15,7 +15,8 @@ from submitit.helpers import Checkpointable
 
 from dgbench.orchestrate.executors import _prepare, final_state
 from dgbench.orchestrate.jobs import EXECUTOR_FILE, SLURM_ENDED, holder_alive, slurm_job_states
-from dgbench.rundir import RunDir, atomic_write_json, read_json
+from dgbench.rundir import RunDir
+from dgbench.atomic import atomic_write_json, read_json
 from dgbench.spec import RunSpec
 
 

@@ -25,10 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgbench import orchestrate, rundir
+from dgbench import atomic, orchestrate, rundir
 from dgbench.cli import main
+from conftest import interrupted_run
 from test_orchestrate import dead_pid
-from dgbench.rundir import RunDir, atomic_write_json
+from dgbench.rundir import RunDir
+from dgbench.atomic import atomic_write_json
 from dgbench.train import Trainer, execute
 
 FORK = mp.get_context("fork")        # children share the parent's imports: a run costs about a second
@@ -66,23 +68,6 @@ def strict_json(path: Path):
     def refuse(constant):
         raise ValueError(f"{path}: {constant} is not JSON")
     return json.loads(Path(path).read_text(), parse_constant=refuse)
-
-
-def interrupted_run(results: Path, spec, at_step: int) -> RunDir:
-    """A run stopped (KeyboardInterrupt) as it starts step ``at_step + 1``."""
-    orig = Trainer.train_step
-
-    def step(self, x, y):
-        if self.step == at_step:
-            raise KeyboardInterrupt
-        return orig(self, x, y)
-    Trainer.train_step = step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            execute(spec, results, progress=False)
-    finally:
-        Trainer.train_step = orig
-    return RunDir.for_run(results, spec.run_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +138,7 @@ def test_sigkill_during_a_checkpoint_write(tmp_path, fault_spec, clean):
             if Path(path).name == "last.pt":
                 calls.append(path)
                 if len(calls) == 2:          # the step-4 checkpoint: half written, then killed
-                    rundir._tmp_name(Path(path)).write_bytes(data[: len(data) // 2])
+                    atomic._tmp_name(Path(path)).write_bytes(data[: len(data) // 2])
                     os.kill(os.getpid(), signal.SIGKILL)
             return orig(path, data)
         rundir.atomic_write_bytes = torn
@@ -189,7 +174,7 @@ def test_sigint(tmp_path, fault_spec, clean, monkeypatch):
 
 
 def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, fault_spec, clean):
-    rd = interrupted_run(tmp_path, fault_spec, at_step=5)        # checkpoints of steps 2 and 4
+    rd = interrupted_run(fault_spec, tmp_path, at_step=5)        # checkpoints of steps 2 and 4
     assert torch.load(rd.prev_ckpt, weights_only=False)["step"] == 2
     rd.last_ckpt.write_bytes(rd.last_ckpt.read_bytes()[:1000])    # half-written, torn by the file system
     assert execute(fault_spec, tmp_path, progress=False) == "done"
@@ -199,7 +184,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, fault_
 
 
 def test_no_readable_checkpoint_names_the_file_and_the_fix(tmp_path, fault_spec, clean):
-    rd = interrupted_run(tmp_path, fault_spec, at_step=3)        # only the step-2 checkpoint
+    rd = interrupted_run(fault_spec, tmp_path, at_step=3)        # only the step-2 checkpoint
     rd.last_ckpt.write_bytes(b"")
     rd.prev_ckpt.unlink(missing_ok=True)
     assert execute(fault_spec, tmp_path, progress=False) == "failed"
