@@ -147,12 +147,11 @@ def end_to_end(p: dict, results: Path, timeout: float = 600) -> float:
     """Steps/s of `dgbench run` between its first and second validation. The run is stopped
     there: its final evaluation is no part of the figure."""
     from dgbench.rundir import RunDir
-    from dgbench.train import write_spec
     h = p["e2e_half"]
     spec = spec_for("erm", train_options(p, p["sizes"][0], "on", steps=3 * h, val_every=h, ckpt_every=3 * h),
                     p["extractor"])
     rd = RunDir.for_run(results, spec.run_id)
-    write_spec(rd, spec)
+    rd.write_spec(spec)
     cmd = [sys.executable, "-c", "import sys; from dgbench.cli import main; sys.exit(main())", "run", str(rd.path)]
     pattern = re.compile(r"step \d+/\d+ loss .* \(([\d.]+) s since last validation\)")
     with tempfile.TemporaryFile("w+") as err:
