@@ -1,6 +1,7 @@
 """Shared test setup: one throw-away data cache per session (the synthetic benchmark is
 generated into it once), unless DGBENCH_TEST_CACHE names a cache to reuse between sessions."""
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -34,6 +35,37 @@ def interrupted_run(spec, results, at_step: int):
     finally:
         Trainer.train_step = orig
     return RunDir.for_run(results, spec.run_id)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder_env(tmp_path_factory):
+    """A tiny `folder` dataset (11 cases of 16³, test_datasets.make_folder: 6 source, 3 + 2 in two
+    target sites), prepared once in a cache of its own. Returns the environment that selects it
+    (DGBENCH_CACHE, DGBENCH_SPLITS, DGBENCH_FOLDER_ROOT). End-to-end tests that need a real run,
+    but not the embedded benchmark, train and evaluate on it in about a second instead of
+    evaluating synth's 29 cases of 48³."""
+    from dgbench.data import adapter as adapter_mod
+    from dgbench.data.cache import prepare
+    from dgbench.registry import DATASETS
+    from test_datasets import make_folder
+    base = tmp_path_factory.mktemp("tiny-folder")
+    shutil.copytree(adapter_mod.REPO_SPLITS, base / "splits")
+    env = {"DGBENCH_CACHE": str(base / "cache"), "DGBENCH_SPLITS": str(base / "splits"),
+           "DGBENCH_FOLDER_ROOT": str(base / "data")}
+    make_folder(base / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        prepare(DATASETS.get("folder")(), base / "data", progress=False)
+    return env
+
+
+@pytest.fixture
+def on_tiny_folder(monkeypatch, tiny_folder_env):
+    """The tiny `folder` dataset selected for this test (and the processes it starts)."""
+    for k, v in tiny_folder_env.items():
+        monkeypatch.setenv(k, v)
+    return tiny_folder_env
 
 
 @pytest.fixture(scope="session")

@@ -452,11 +452,11 @@ def test_run_command_runs_one_spec(tmp_path, synth_prepared, capsys):
 
 
 @pytest.mark.slow
-def test_local_pool_survives_a_killed_worker(tmp_path, synth_prepared, capfd):
+def test_local_pool_survives_a_killed_worker(tmp_path, on_tiny_folder, capfd):
     """Two workers run a sweep; one worker is SIGKILLed mid-run; re-running the sweep resumes that
     run from its checkpoint and leaves the finished one alone."""
-    short = orch.expand(["synth"], ["erm"], seeds=[0], train=TINY)[0]
-    long = orch.expand(["synth"], ["erm"], seeds=[1], train={**TINY, "steps": 60, "val_every": 60})[0]
+    short = orch.expand(["folder"], ["erm"], seeds=[0], train=TINY)[0]
+    long = orch.expand(["folder"], ["erm"], seeds=[1], train={**TINY, "steps": 120, "val_every": 120})[0]
     specs = [short, long]
     rd_long = RunDir.for_run(tmp_path, long.run_id)
     out: dict = {}
@@ -484,7 +484,7 @@ def test_local_pool_survives_a_killed_worker(tmp_path, synth_prepared, capfd):
     assert RunDir.for_run(tmp_path, short.run_id).done_file.stat().st_mtime_ns == done_mtime
     resumed = [int(m) for m in re.findall(r"resumed from step (\d+)", rd_long.log_file.read_text())]
     assert resumed and resumed[0] >= 4
-    assert json.loads(rd_long.done_file.read_text())["steps"] == 60
+    assert json.loads(rd_long.done_file.read_text())["steps"] == 120
     assert rd_long.metrics_file.exists()
     err = capfd.readouterr().err                 # not a terminal: progress lines, no tqdm frames
     assert "\r" not in err and re.search(r"^2 runs, 2 workers: \d+/\d+ step", err, re.M)

@@ -1,16 +1,15 @@
 """The fault-injection suite: each test injects one fault and asserts that nothing is lost.
 
-Runs train on a tiny `folder` dataset (11 cases of 16³, made by test_datasets.make_folder) with
+Runs train on the tiny `folder` dataset (tests/conftest.py, tiny_folder_env) with
 TINY_TRAIN, about a second each on one CPU thread. The terminal summary prints one line:
 faults injected (tests run), survived (passed), lost (failed)."""
 from __future__ import annotations
 
-import shutil
+from pathlib import Path
 
 import pytest
 
 from conftest import TINY_TRAIN
-from test_datasets import make_folder
 
 # checkpoints at steps 2, 4, 6; validations at 3 and 6
 FAULT_TRAIN = {**TINY_TRAIN, "ckpt_every": 2}
@@ -34,21 +33,12 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(scope="package")
-def folder_root(tmp_path_factory):
-    """The tiny dataset, prepared in its own cache, for the whole suite (DGBENCH_* restored after)."""
-    from dgbench.data import adapter as adapter_mod
-    from dgbench.data.cache import prepare
-    from dgbench.registry import DATASETS
-    base = tmp_path_factory.mktemp("faults")
+def folder_root(tiny_folder_env):
+    """The tiny dataset (tests/conftest.py) selected for the whole suite (DGBENCH_* restored after)."""
     with pytest.MonkeyPatch.context() as mp:
-        shutil.copytree(adapter_mod.REPO_SPLITS, base / "splits")
-        mp.setenv("DGBENCH_CACHE", str(base / "cache"))
-        mp.setenv("DGBENCH_SPLITS", str(base / "splits"))
-        root = base / "data"
-        make_folder(root)
-        mp.setenv("DGBENCH_FOLDER_ROOT", str(root))
-        prepare(DATASETS.get("folder")(), root, progress=False)
-        yield root
+        for k, v in tiny_folder_env.items():
+            mp.setenv(k, v)
+        yield Path(tiny_folder_env["DGBENCH_FOLDER_ROOT"])
 
 
 @pytest.fixture(scope="package")
