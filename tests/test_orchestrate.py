@@ -442,8 +442,8 @@ def test_every_subcommand_has_help(capsys):
 # real runs: inline and the local pool (tiny training on the synthetic benchmark; synth_prepared,
 # from conftest.py, generates it once before parallel workers would all do it at once)
 # ---------------------------------------------------------------------------------------------
-def test_run_command_runs_one_spec(tmp_path, synth_prepared, capsys):
-    spec = orch.expand(["synth"], ["erm"], train=TINY)[0]
+def test_run_command_runs_one_spec(tmp_path, on_tiny_folder, capsys):
+    spec = orch.expand(["folder"], ["erm"], train=TINY)[0]
     rd = orch._prepare(spec, tmp_path)
     assert cli("run", rd.path) == 0
     assert capsys.readouterr().out.strip() == f"{spec.run_id}: done"

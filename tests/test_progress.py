@@ -64,14 +64,14 @@ def test_a_terminal_gets_tqdm_and_disable_prints_nothing():
     assert quiet.getvalue() == ""
 
 
-def test_a_run_off_a_terminal_writes_a_few_plain_lines(tmp_path, synth_prepared, capsys):
+def test_a_run_off_a_terminal_writes_a_few_plain_lines(tmp_path, on_tiny_folder, capsys):
     """train.py and evaluate.py bars through dgbench.progress: a log file gets at most a line per
     10% of each bar (training steps; each final evaluation's cases), never tqdm's frames."""
     from conftest import TINY_TRAIN
     from dgbench.spec import resolve
     from dgbench.train import execute
     capsys.readouterr()
-    spec = resolve("synth", "erm", seed=0, train=TINY_TRAIN)
+    spec = resolve("folder", "erm", seed=0, train=TINY_TRAIN)
     assert execute(spec, tmp_path, progress=True) == "done"
     err = capsys.readouterr().err
     assert "\r" not in err and "it/s]" not in err              # no tqdm frame
