@@ -3,7 +3,6 @@ faults, with exact resume, are in tests/faults/."""
 import csv
 import json
 import re
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -112,23 +111,15 @@ ORACLE_TRAIN = {**TINY_TRAIN, "ckpt_every": 2}
 
 
 @pytest.fixture(scope="module")
-def folder_env(tmp_path_factory):
-    """Environment of the prepared folder dataset; tests set it only while they run."""
-    from dgbench.data import adapter as adapter_mod
-    from dgbench.data.cache import prepare
-    from dgbench.registry import DATASETS
-    from test_datasets import make_folder
-    base = tmp_path_factory.mktemp("oracle")
-    shutil.copytree(adapter_mod.REPO_SPLITS, base / "splits")
-    env = {"DGBENCH_CACHE": str(base / "cache"), "DGBENCH_SPLITS": str(base / "splits"),
-           "DGBENCH_FOLDER_ROOT": str(base / "data")}
-    make_folder(base / "data")
+def folder_env(tmp_path_factory, tiny_folder_env):
+    """Environment of the tiny folder dataset (tests/conftest.py; tests set it only while they
+    run) and a clean, never interrupted run on it."""
+    env = tiny_folder_env
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        prepare(DATASETS.get("folder")(), base / "data", progress=False)
         spec = resolve("folder", "erm", seed=0, train=ORACLE_TRAIN)
-        results = base / "clean"
+        results = tmp_path_factory.mktemp("oracle") / "clean"
         assert execute(spec, results, progress=False) == "done"
     return env, spec, RunDir.for_run(results, spec.run_id)
 
