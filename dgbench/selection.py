@@ -71,6 +71,8 @@ def rule(name: str) -> Rule:
     """The rule ``name``; one found only in metrics.csv is plain, and an oracle when its name says
     it looks at target labels ("target" or "oracle")."""
     return RULES.get(name) or Rule(name, oracle="target" in name.lower() or "oracle" in name.lower())
+
+
 VAL_COLUMNS = ["step", "loss", "val_dice"]
 TARGET_VAL_COLUMN = "target_val_dice"     # val_history.csv: only for splits with target-val cases
 
