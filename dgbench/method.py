@@ -36,6 +36,8 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from dgbench.spec import merge_hparams
+
 
 @dataclass(frozen=True)
 class MethodContext:
@@ -63,12 +65,7 @@ class Method:
 
     @classmethod
     def resolve_hparams(cls, hparams: dict | None) -> dict:
-        hparams = dict(hparams or {})
-        unknown = set(hparams) - set(cls.defaults)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown hyperparameter(s) {sorted(unknown)}; "
-                             f"known: {sorted(cls.defaults) or 'none'}")
-        return {**cls.defaults, **hparams}
+        return merge_hparams(cls.__name__, cls.defaults, hparams)
 
     def input_channels(self) -> int:
         return 1

@@ -205,17 +205,23 @@ class RunSpec:
         return f"{self.dataset}_{self.method}_{self.setting}_s{self.seed}_{digest}"
 
 
-def check_hparams(method: str, hparams: dict | None, where: str = "hyperparameters") -> dict:
-    """The method's hyperparameters: its declared defaults (the class's ``defaults``) with
-    ``hparams`` over them. UserError naming the method's hyperparameters for any other key;
-    ``where`` says where the keys were given (``--hparam``, a sweep file's ``hparams``)."""
-    from dgbench.registry import method_declaration
-    defaults = method_declaration(method)["defaults"]
+def merge_hparams(method: str, defaults: dict, hparams: dict | None, where: str = "hyperparameters") -> dict:
+    """``defaults`` with ``hparams`` over them; UserError naming the method's hyperparameters for
+    any key not in ``defaults``. ``where`` says where the keys were given (``--hparam``, a sweep
+    file's ``hparams``). The one rule for a method's hyperparameters: `check_hparams` applies it
+    to the declared defaults, `Method.resolve_hparams` to the class's own."""
     unknown = sorted(set(hparams or {}) - set(defaults))
     if unknown:
         raise UserError(f"{where}: unknown hyperparameter(s) {unknown} for method {method!r}; its "
                         f"hyperparameters: {', '.join(sorted(defaults)) or 'none'}")
     return {**defaults, **(hparams or {})}
+
+
+def check_hparams(method: str, hparams: dict | None, where: str = "hyperparameters") -> dict:
+    """The registered method's hyperparameters: its declared defaults (the class's ``defaults``,
+    registry.method_declaration: no plug-in import) with ``hparams`` over them (merge_hparams)."""
+    from dgbench.registry import method_declaration
+    return merge_hparams(method, method_declaration(method)["defaults"], hparams, where)
 
 
 def resolve(dataset: str, method: str, seed: int = 0, setting: str = "full",
