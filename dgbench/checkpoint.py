@@ -36,13 +36,15 @@ class Checkpoints:
                 "best_target_val": self.best_tv, "best_target_val_step": self.best_tv_step,
                 "losses": list(self.losses), "run_id": self.spec.run_id, "dgbench": __version__, "torch": torch.__version__}
 
-    def save(self, path: Path) -> None:
+    def save(self, *paths: Path) -> None:
+        """The current state, serialised once, written to each of ``paths``."""
         buf = io.BytesIO()
         torch.save(self.state(), buf)
-        if path == self.rd.last_ckpt:
-            self.rd.write_checkpoint(buf.getvalue())      # keeps the one it replaces as prev.pt
-        else:
-            atomic_write_bytes(path, buf.getvalue())
+        for path in paths:
+            if path == self.rd.last_ckpt:
+                self.rd.write_checkpoint(buf.getvalue())      # keeps the one it replaces as prev.pt
+            else:
+                atomic_write_bytes(path, buf.getvalue())
 
     def read_checkpoint(self, path: Path) -> dict:
         """torch.load, with an error that names the file and the way out when it is unreadable."""

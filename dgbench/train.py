@@ -184,8 +184,8 @@ class Trainer(Checkpoints):
         if tv is not None and tv > self.best_tv:
             self.best_tv, self.best_tv_step = tv, self.step
             improved.append(self.rd.oracle_ckpt)
-        for path in improved:                    # after both updates: the files hold the same state
-            self.save(path)
+        if improved:                             # after both updates: the files hold the same state
+            self.save(*improved)
         oracle = ("", "") if tv is None else (f" target_val_dice {tv:.4f}", f", target-val (oracle) {t2 - t1:.1f} s")
         self.rd.log(f"step {self.step}/{self.cfg.steps} loss {loss:.4f} val_dice {val:.4f}{oracle[0]} (source-val "
                     f"{t1 - t0:.1f} s{oracle[1]}) ({time.time() - since:.1f} s since last validation)")
