@@ -15,6 +15,7 @@ then computed again from the classes themselves, never read stale.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -86,9 +87,12 @@ def load_plugins(packages: tuple[str, ...] = PACKAGES) -> None:
 # ---------------------------------------------------------------------------------------------
 # facts about plug-ins, kept between processes
 # ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _fingerprint() -> str:
     """sha1 of (path, size, mtime) of every .py file of dgbench and the plug-in packages, with
-    the Python version: any edit, install or upgrade of a source gives a new one."""
+    the Python version: any edit, install or upgrade of a source gives a new one. Taken once per
+    process, so facts computed from the classes this process loaded are never filed under the
+    fingerprint of sources edited since (and the tree is walked once, not once per new fact)."""
     h = hashlib.sha1(sys.version.encode())
     for pkg in ("dgbench", "dgbench_methods", "dgbench_datasets"):
         spec = importlib.util.find_spec(pkg)
