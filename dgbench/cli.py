@@ -19,10 +19,10 @@ from pathlib import Path
 from dgbench.cli_args import (add_executor_args, add_train_args, executor_options, method_hparams, seeds,
                               train_overrides)
 from dgbench.errors import UserError
+from dgbench.rundir import STATES
 
 # sub-commands registered by their own modules; imported only for their command or a help listing
 LAZY_MODULES = {"tables": "dgbench.report", "pretrain-features": "dgbench.pretrain"}
-STATE_NAMES = ("pending", "running", "stale", "failed", "done", "invalid")   # dgbench.rundir.STATES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def _add_status_run(sub) -> None:
                     "alive holds it (interrupted; the next sweep resumes it). Failed and invalid runs "
                     "with their error, stale and running runs with their last heartbeat.")
     p.add_argument("--results", default="results", help="results folder (default results)")
-    p.add_argument("--state", action="append", choices=STATE_NAMES, help="only runs in this state (repeatable)")
+    p.add_argument("--state", action="append", choices=STATES, help="only runs in this state (repeatable)")
     p.add_argument("--all", action="store_true", help="list every run, done and pending too")
     p.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
     p.set_defaults(func=cmd_status)
