@@ -148,7 +148,7 @@ def corruption_chain(seed: int):
         T.RandGibbsNoise(prob=0.5, alpha=(0.0, 0.333)),
         T.RandGaussianSharpen(prob=0.25),
         T.RandSimulateLowResolution(prob=0.333, zoom_range=(0.5, 1.0)),
-        # §4.3 training-time intensity augmentation (independent per view), milder than TorchIO's
+        # anatomix's training-time intensity augmentation (independent per view), milder than TorchIO's
         T.RandGaussianSmooth(prob=0.33, sigma_x=(0, 1.0), sigma_y=(0, 1.0), sigma_z=(0, 1.0)),
         T.RandGaussianNoise(prob=0.33, std=0.05),
         T.RandBiasField(prob=0.5, coeff_range=(0.0, 0.3)),

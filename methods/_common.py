@@ -32,7 +32,7 @@ def view_consistency(logits: torch.Tensor, n_views: int, direction: str = "to_me
     """Mean over views of a KL divergence between each view's softmax and the views' mean.
 
     direction "to_mean": KL(p_i || clamp(p_mean)) (RandConv / AugMix);
-    direction "from_mean": KL(p_mean || p_i) (GIN-IPA's KLDivLoss(log p_i, p_mean); §4.5).
+    direction "from_mean": KL(p_mean || p_i) (GIN-IPA's KLDivLoss(log p_i, p_mean); Ouyang et al. 2022).
     Averaged over samples and voxels; over classes summed (classes="sum": the per-voxel KL, as
     RandConv's F.kl_div(..., reduction="batchmean") on (sample, class) rows) or averaged
     (classes="mean": PyTorch's KLDivLoss(reduction="mean") over every element, as GIN-IPA's code

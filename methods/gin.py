@@ -105,7 +105,7 @@ class _GinBase(Method):
 class GIN(_GinBase):
     """Random shallow-network intensity views (GIN) as the training input; views > 1 adds consistency.
 
-    With views > 1 the views are stacked, view 1 is supervised and the §4.5 consistency term ties
+    With views > 1 the views are stacked, view 1 is supervised and GIN-IPA's consistency term ties
     them; views = 1 is a pure input transform. Default 3 views: the original's 'gin' experiment
     (models/exp_trainer.py `set_input_aug_sup`, `range(3)`; see the module docstring)."""
     defaults = {"n_layers": 4, "interm_channels": 2, "kernel_sizes": [1, 3], "views": 3, "lambda_cons": 10.0}

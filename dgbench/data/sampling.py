@@ -36,7 +36,7 @@ def standard_augmentation(patch, prob: float, sided: bool) -> tuple[list, list]:
     spatial_end = [T.RandAffined(keys, prob=prob, rotate_range=(np.pi / 4,) * 3, shear_range=(0.2,) * 6,
                                  scale_range=(0.2,) * 3, padding_mode="zeros", mode=("bilinear", "nearest"),
                                  spatial_size=tuple(patch))]
-    # geometry first (flips), intensity in reference order, affine last (reference order §1.3)
+    # geometry first (flips), intensity in reference order, affine last (the MaskGen reference recipe's order)
     return spatial, intensity + spatial_end
 
 

@@ -173,7 +173,7 @@ def seeded_extractor_net(seed: int, ngf: int, num_downs: int = 4, norm: str = "b
 
 
 def kaiming_init(net: nn.Module) -> nn.Module:
-    """Kaiming-normal conv weights, unit/zero norm affine: the init used for pretraining (§4.4)."""
+    """Kaiming-normal conv weights, unit/zero norm affine: the init anatomix's pretraining uses (Dey et al., ICLR 2025)."""
     for m in net.modules():
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
