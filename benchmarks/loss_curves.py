@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=120)
     cmap = plt.get_cmap("tab20")
     for i, (m, loss) in enumerate(sorted(curves.items())):
         ax.plot(np.arange(1, len(loss) + 1), smooth(loss), color=cmap(i % 20), lw=1.4, label=m)
@@ -163,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                     color=cmap(i % 20), ms=4)
     if b:
         ax.axvline(b, color="k", ls="--", lw=1)
-        ax.text(b, ax.get_ylim()[1], f" budget {b}", va="top", fontsize=8)
+        ax.text(b, ax.get_ylim()[0], f" budget {b}", va="bottom", fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss (moving average over {SMOOTH_FRAC:.0%} of steps)")
     ax.set_title(f"synth, seed {args.seed}: every method's training loss; dots = plateau steps")
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))   # outside: no curve hidden
     fig.tight_layout()
     out = Path(args.out or results / f"loss_curves_{args.steps}.png")
     out.parent.mkdir(parents=True, exist_ok=True)

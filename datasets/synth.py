@@ -34,7 +34,7 @@ class SynthDataset(NnunetFolderAdapter):
     # reference augmentation strength (aug_prob 0.33, not tuned to any method); `steps` comes
     # from the budget rule applied by benchmarks/loss_curves.py on source training losses.
     train_defaults = {
-        "steps": 450, "batch_size": 2, "patch_size": [32, 32, 32], "lr": 5e-3,
+        "steps": 2400, "batch_size": 2, "patch_size": [32, 32, 32], "lr": 5e-3,
         "fg_oversample": 0.5, "aug_prob": 0.33,
         "backbone": "unet", "backbone_kwargs": {"width": 8, "levels": 3},
         "val_every": 100, "ckpt_every": 100,
