@@ -78,8 +78,31 @@ def test_source_val_dice_still_rising():
     val = [(20, 0.40), (40, 0.55), (60, 0.62), (80, 0.66), (90, 0.68), (100, 0.70)]
     v = verdict(GOOD_LOSS, val, T)
     assert failed(v) == {"val_plateaued"}
-    assert v["val_tail_gain"] == pytest.approx(0.04)          # 0.70 at step 100 - 0.66 at step 80
-    assert v["reasons"] == ["source-val Dice still rising (+0.040 over the last 20%)"]
+    assert v["val_tail_gain"] == pytest.approx(0.04)          # the line through steps 80-100: 0.66 -> 0.70
+    assert v["val_tail_gain_se"] == pytest.approx(0.0, abs=1e-9)
+    assert v["reasons"] == ["source-val Dice still rising (+0.040 ± 0.000 over the last 20%)"]
+
+
+def test_one_low_validation_at_the_window_start_is_noise_not_a_rise():
+    """A 2400-step ERM on synth (seed 1): its last five validations. Last minus first is +0.042,
+    over the threshold; the line through them rises 0.030, within two standard errors (0.031 each)."""
+    hist = [(2000, 0.833168), (2100, 0.886364), (2200, 0.897361), (2300, 0.877810), (2400, 0.875400)]
+    v = verdict([1.3] * 100 + [0.5] * 2300, [(1900, 0.881783)] + hist, 2400)
+    assert v["val_plateaued"] and v["converged"]
+    assert v["val_tail_gain"] == pytest.approx(0.0302, abs=1e-3)
+    assert v["val_tail_gain_se"] == pytest.approx(0.0310, abs=1e-3)
+
+
+def test_a_steady_rise_through_the_noise_is_still_rising():
+    """MaskGen seed 0 at 2400 steps: +0.026 on the line, just over two standard errors."""
+    hist = [(2000, 0.489714), (2100, 0.481797), (2200, 0.482137), (2300, 0.500472), (2400, 0.513015)]
+    v = verdict([1.3] * 100 + [0.5] * 2300, hist, 2400)
+    assert not v["val_plateaued"]
+    assert v["val_tail_gain"] >= 2 * v["val_tail_gain_se"] and v["val_tail_gain"] == pytest.approx(0.0261, abs=1e-3)
+    assert v["reasons"] == ["source-val Dice still rising (+0.026 ± 0.012 over the last 20%)"]
+    # the same gain made of larger swings is noise
+    swings = [(s, d + (0.03 if i % 2 else -0.03)) for i, (s, d) in enumerate(hist)]
+    assert verdict([1.3] * 100 + [0.5] * 2300, swings, 2400)["val_plateaued"]
 
 
 def test_val_window_with_one_point_compares_with_the_previous_validation():

@@ -17,10 +17,12 @@ CPU = torch.device("cpu")
 
 
 def test_existing_run_ids_do_not_move():
-    """Ids written before train.compile / train.aug_on existed (results/budget holds the second)."""
-    assert resolve("synth", "erm").run_id == "synth_erm_full_s0_88a290c38e"
+    """Ids written before train.compile / train.aug_on existed (450 steps was synth's default
+    then; results/budget holds the second), and the embedded table's (results/embedded)."""
+    assert resolve("synth", "erm", train={"steps": 450}).run_id == "synth_erm_full_s0_88a290c38e"
     assert resolve("synth", "erm", train={"steps": 3000}).run_id == "synth_erm_full_s0_48727e2b9c"
-    assert resolve("synth", "maskgen", seed=2).run_id == "synth_maskgen_full_s2_ef11d2bd79"
+    assert resolve("synth", "maskgen", seed=2, train={"steps": 450}).run_id == "synth_maskgen_full_s2_ef11d2bd79"
+    assert resolve("synth", "erm").run_id == "synth_erm_full_s0_b572734acc"
     spec = resolve("synth", "erm")
     assert "compile" not in spec.to_dict()["train"] and "aug_on" not in spec.to_dict()["train"]
     assert RunSpec.from_dict(spec.to_dict()).train.compile == "auto"
