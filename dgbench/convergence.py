@@ -32,7 +32,8 @@ val_plateaued    the source-val Dice did not still rise by >= 0.02 (MAX_VAL_GAIN
                  last-minus-first gain of +0.042; its line rises 0.030 +- 0.031). With 2
                  validations the gain is last minus first; with 1, the last validation minus the
                  one before it (no earlier validation: no gain); neither has a noise estimate.
-                 Else: "source-val Dice still rising (+x over the last 20%)".
+                 Else: "source-val Dice still rising (+x ± s.e. over the last 20%)" (no "± s.e."
+                 without a noise estimate).
 learned          the best source-val Dice of the run is >= 0.05 (MIN_BEST_DICE).
                  Else: "predicts (almost) only background: best source-val Dice x".
 
