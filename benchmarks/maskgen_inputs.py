@@ -55,8 +55,8 @@ def recalibrate(t: Trainer, batches: int, unmasked: bool) -> None:
     with torch.no_grad():
         for i in range(batches):
             x, y = t.batch_to_device(default_collate([t.data[i * bs + k] for k in range(bs)]))
-            if unmasked and hasattr(t.method, "features"):
-                z = t.method.features(x)
+            if unmasked:                     # the method's own test-time input (MaskGen: no masking)
+                z = t.method.infer_input(x)
             else:
                 torch.manual_seed(i)
                 z, _ = t.method.train_batch(t.net, x, y)

@@ -130,3 +130,12 @@ def test_input_diagnostic_reproduces_the_saved_score_and_changes_nothing(tmp_pat
     assert all(0.0 <= float(c) <= 100.0 for c in cells[1:])
     assert float(cells[1]) == pytest.approx(100 * tr.best_val, abs=0.051)
     assert digest() == before
+
+
+def test_input_diagnostic_names_a_missing_checkpoint(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import maskgen_inputs
+    assert maskgen_inputs.main([str(tmp_path / "synth_maskgen_full_s0_0000000000")]) == 2
+    err = capsys.readouterr().err
+    assert "synth_maskgen_full_s0_0000000000/checkpoints/best.pt: no such checkpoint" in err
+    assert "run the run to the end first" in err
