@@ -35,8 +35,11 @@ install: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/dgbench bench --method $(METHOD) --versus $(VERSUS) --dataset $(DATASET) --seeds $(SEEDS) --results $(RESULTS) $(EXECUTOR_ARGS) $(BENCH_ARGS)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; one per CPU core, at most 4; a test
+# file stays in one process, so its module fixtures are built once). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
 tables: $(STAMP)
 	$(BIN)/dgbench tables --results $(RESULTS) --out $(RESULTS)/tables

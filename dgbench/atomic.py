@@ -9,13 +9,36 @@ Infinity, non-finite numbers are written as null.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import math
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+# what flock raises on file systems that have no flock (some Lustre and FUSE mounts)
+_NO_FLOCK = (errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` (created if missing) while the block runs: other
+    processes entering the block on the same file wait. Yields False, and does not wait, where
+    the file system has no flock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in _NO_FLOCK:
+                raise
+            yield False
+            return
+        yield True
 
 
 def _tmp_name(path: Path) -> Path:

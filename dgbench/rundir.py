@@ -44,7 +44,6 @@ pending (nothing started).
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import re
@@ -56,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from dgbench.atomic import _tmp_name, atomic_write_bytes, atomic_write_json, is_out_of_space, read_json
+from dgbench.atomic import _tmp_name, atomic_write_bytes, exclusive, atomic_write_json, is_out_of_space, read_json
 
 METRIC_COLUMNS = ["run_id", "dataset", "method", "setting", "seed", "selection", "split",
                   "domain", "case", "class", "class_name", "dice", "gt_present", "pred_present"]
@@ -305,12 +304,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         if self._create_lock():
             return True
-        with open(self.path / ".lock-guard", "a") as guard:
-            try:
-                fcntl.flock(guard, fcntl.LOCK_EX)
-            except OSError as e:             # no flock on this file system (some Lustre, FUSE mounts):
-                if e.errno not in (errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL):
-                    raise                    # break unguarded; two breakers may then race
+        with exclusive(self.path / ".lock-guard"):    # without flock: unguarded, two breakers may race
             if self.lock_file.exists() and not self.holder_alive(stale_after=stale_after):
                 self.lock_file.unlink(missing_ok=True)
             return self._create_lock()

@@ -7,10 +7,48 @@ import tempfile
 import pytest
 import torch
 
-os.environ["DGBENCH_CACHE"] = os.environ.get("DGBENCH_TEST_CACHE") or tempfile.mkdtemp(prefix="dgbench-test-cache-")
+
+def _session_cache() -> str:
+    """DGBENCH_TEST_CACHE if set; else one fresh folder per test session, shared by the
+    pytest-xdist workers of that session (they generate synth once: dgbench.data.cache takes a
+    lock for it)."""
+    if os.environ.get("DGBENCH_TEST_CACHE"):
+        return os.environ["DGBENCH_TEST_CACHE"]
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run:
+        path = os.path.join(tempfile.gettempdir(), f"dgbench-test-cache-{run}")
+        os.makedirs(path, exist_ok=True)
+        return path
+    return tempfile.mkdtemp(prefix="dgbench-test-cache-")
+
+
+os.environ["DGBENCH_CACHE"] = _session_cache()
 # One thread: small 3-D ops are faster single-threaded, and far faster when Slurm jobs or
 # local workers share the cores (multi-threaded OpenMP then spins against them).
 torch.set_num_threads(1)
+
+# The fault-injection suite's tally (tests/faults): counted here, where the process that prints
+# the summary sees every report (with pytest-xdist the workers run the tests, the main process reports).
+_tally = {"injected": 0, "survived": 0, "lost": 0, "skipped": 0}
+
+
+def pytest_runtest_logreport(report):
+    if not report.nodeid.startswith("tests/faults/"):
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        if report.skipped:
+            _tally["skipped"] += 1
+            return
+        _tally["injected"] += 1
+        _tally["survived" if report.passed else "lost"] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if any(_tally.values()):
+        skipped = f" ({_tally['skipped']} skipped)" if _tally["skipped"] else ""
+        terminalreporter.write_line(f"faults injected: {_tally['injected']}, survived: {_tally['survived']}, "
+                                    f"lost: {_tally['lost']}{skipped}")
+
 
 # The smallest real run on the embedded benchmark (a few CPU seconds).
 TINY_TRAIN = {"steps": 6, "batch_size": 2, "val_every": 3, "ckpt_every": 3, "sw_overlap": 0.0,

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,13 +28,14 @@ SECOND_METHODS = ("mixstyle", "randconv", "gin", "dsu", "bigaug", "heavyaug")
 
 
 def _say(request, text: str) -> None:
-    """A line in the pytest output even with capture on (the measured wall times)."""
+    """A line in the pytest output even with capture on (the measured wall times). On stderr:
+    a pytest-xdist worker's stdout does not reach the terminal, its stderr does."""
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if capture is None:
-        print(text)
+        print(text, file=sys.stderr, flush=True)
         return
     with capture.global_and_fixture_disabled():
-        print(text, flush=True)
+        print(text, file=sys.stderr, flush=True)
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,28 @@ def test_split_is_fixed_and_disjoint():
     assert len(split.train) == 20 and len(split.val) == 5
     assert {d: len(v) for d, v in split.test.items()} == {"mri": 8, "ct-scanner2": 8, "ct-thick": 8}
     assert set(split.fewshot["5"]) <= set(split.train) and len(split.fewshot["1"]) == 1
+
+
+def test_generation_waits_for_the_process_that_holds_the_cache_lock(synth_prepared):
+    """Two processes that need `synth` on a fresh cache (two benches, two test workers) must
+    not generate it into the same folder at once: ensure_prepared takes an flock beside the
+    cache. Holding it here, another process's ensure_prepared returns only after the release."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from dgbench.atomic import exclusive
+    from dgbench.data.cache import prepared_dir
+    adapter = DATASETS.get("synth")()
+    lock = prepared_dir(adapter).with_name(prepared_dir(adapter).name + ".lock")
+    code = ("import time; from dgbench.data.cache import ensure_prepared; from dgbench.registry import DATASETS; "
+            "a = DATASETS.get('synth')(); print('imported', flush=True); ensure_prepared(a); print(time.time())")
+    with exclusive(lock) as held:
+        assert held
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+        assert proc.stdout.readline().strip() == "imported"
+        time.sleep(2)                   # the prepared cache is checked in well under this, unlocked
+        released = time.time()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and float(out) >= released

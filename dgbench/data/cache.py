@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from dgbench.data.adapter import Case, DatasetAdapter, cache_dir
 from dgbench.data.io import DataError, check_finite, check_labels, check_pair, load_nifti
-from dgbench.atomic import atomic_write_bytes, atomic_write_json
+from dgbench.atomic import atomic_write_bytes, atomic_write_json, exclusive
 
 log = logging.getLogger("dgbench")
 
@@ -295,7 +295,15 @@ class Prepared:
 
 def ensure_prepared(adapter: DatasetAdapter) -> Prepared:
     """The prepared cache. Datasets that generate themselves (synth) are made and prepared on
-    demand; a real dataset must have been prepared with `dgbench prepare` for the current split."""
+    demand, by one process at a time (others wait on an flock beside the cache, then find it
+    made); a real dataset must have been prepared with `dgbench prepare` for the current split."""
+    if adapter.generated:
+        with exclusive(prepared_dir(adapter).with_name(prepared_dir(adapter).name + ".lock")):
+            return _ensure_prepared(adapter)
+    return _ensure_prepared(adapter)
+
+
+def _ensure_prepared(adapter: DatasetAdapter) -> Prepared:
     path = prepared_dir(adapter) / "index.json"
     current = path.exists() and json.loads(path.read_text()).get("split_sha1") == adapter.split().sha1
     if not current:

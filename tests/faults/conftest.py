@@ -2,7 +2,8 @@
 
 Runs train on the tiny `folder` dataset (tests/conftest.py, tiny_folder_env) with
 TINY_TRAIN, about a second each on one CPU thread. The terminal summary prints one line:
-faults injected (tests run), survived (passed), lost (failed)."""
+faults injected (tests run), survived (passed), lost (failed); tests/conftest.py counts them,
+so that the line is also printed when pytest-xdist runs the tests in worker processes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,23 +14,6 @@ from conftest import TINY_TRAIN
 
 # checkpoints at steps 2, 4, 6; validations at 3 and 6
 FAULT_TRAIN = {**TINY_TRAIN, "ckpt_every": 2}
-_tally = {"injected": 0, "survived": 0, "lost": 0, "skipped": 0}
-
-
-def pytest_runtest_logreport(report):
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        if report.skipped:
-            _tally["skipped"] += 1
-            return
-        _tally["injected"] += 1
-        _tally["survived" if report.passed else "lost"] += 1
-
-
-def pytest_terminal_summary(terminalreporter):
-    if any(_tally.values()):
-        skipped = f" ({_tally['skipped']} skipped)" if _tally["skipped"] else ""
-        terminalreporter.write_line(f"faults injected: {_tally['injected']}, survived: {_tally['survived']}, "
-                                    f"lost: {_tally['lost']}{skipped}")
 
 
 @pytest.fixture(scope="package")

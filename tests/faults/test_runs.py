@@ -257,7 +257,7 @@ def test_a_dead_holders_lock_is_broken_where_flock_is_unsupported(tmp_path, monk
 
     def no_flock(*args):
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
-    monkeypatch.setattr(rundir.fcntl, "flock", no_flock)
+    monkeypatch.setattr(atomic.fcntl, "flock", no_flock)
     assert rd.acquire_lock() and json.loads(rd.lock_file.read_text())["pid"] == os.getpid()
     assert not rd.acquire_lock()                     # held by a live process: this one
 
