@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"never left their starting loss: {', '.join(never)}")
     record = {"dataset": "synth", "seed": args.seed, "ref_steps": args.steps, **outcome,
               "never_left_start": sorted(never),
-              "runs": {m: run_ids[m] for m in plateaus},
-              "plateaus": {m: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in p.items()}
-                           for m, p in plateaus.items()}}
+              "runs": {m: run_ids[m] for m in sorted(plateaus)},     # sorted: the same file whatever --methods' order
+              "plateaus": {m: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in plateaus[m].items()}
+                           for m in sorted(plateaus)}}
     out_json = results / f"budget_{args.steps}.json"
     out_json.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
     print(f"record: {out_json}")

@@ -163,8 +163,14 @@ def test_sigint(tmp_path, fault_spec, clean, monkeypatch):
             signal.raise_signal(signal.SIGINT)      # Ctrl-C, delivered as KeyboardInterrupt
         return orig(self, x, y)
     monkeypatch.setattr(Trainer, "train_step", step)
-    with pytest.raises(KeyboardInterrupt):
-        execute(fault_spec, tmp_path, progress=False)
+    # Python's own Ctrl-C handler, also where the test runner started with SIGINT ignored (a
+    # background job of a non-interactive shell: `cmd &` in a CI script)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute(fault_spec, tmp_path, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     rd = RunDir.for_run(tmp_path, fault_spec.run_id)
     assert not rd.lock_file.exists() and rd.state() == "stale" and temp_files(tmp_path) == []
     assert "interrupted (KeyboardInterrupt)" in rd.log_file.read_text()
