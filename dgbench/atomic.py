@@ -5,7 +5,8 @@ renamed over it; when the write fails (a full disk, Ctrl-C) the temporary file i
 OSError names the target. So a killed process never leaves a half-written file that a reader
 would take for a finished one (a run folder's leftovers of a killed writer are removed by the
 next process that takes the run's lock: dgbench.rundir). JSON is strict (RFC 8259): no NaN or
-Infinity, non-finite numbers are written as null.
+Infinity, non-finite numbers are written as null. `exclusive` is the one inter-process lock
+helper (an flock that degrades to no lock where the file system has none).
 """
 from __future__ import annotations
 
