@@ -207,10 +207,15 @@ class RunDir:
                                              "traceback": tb})
 
     def last_error(self) -> str | None:
+        """The failure's one-line reason; when failed.json cannot be read, a line that says so
+        and where the run's log is (never nothing: status shows it beside the failed run)."""
         try:
-            return read_json(self.failed_file)["error"]
-        except (OSError, ValueError, KeyError, TypeError):
+            return str(read_json(self.failed_file)["error"])
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            why = "no 'error' entry" if isinstance(e, (KeyError, TypeError)) else f"unreadable ({e})"
+            return f"{self.failed_file}: {why}; see {self.log_file}"
 
     # checkpoints ------------------------------------------------------------------------
     def write_checkpoint(self, data: bytes) -> None:

@@ -231,6 +231,19 @@ def test_scan_is_the_one_reader_of_run_state(tmp_path):
     assert [r["state"] for r in orch.collect_status(tmp_path)] == [records[k].state for k in sorted(records)]
 
 
+def test_a_failed_run_with_an_unreadable_marker_still_says_why_to_look(tmp_path, capsys):
+    """failed.json torn or edited: status names the file and the run's log instead of no reason."""
+    s = orch.expand(["synth"], ["erm"], seeds=range(2), train={"steps": 5})
+    torn, edited = fake_run(tmp_path, s[0], "failed"), fake_run(tmp_path, s[1], "failed")
+    torn.failed_file.write_text('{"error": "ValueErr')
+    edited.failed_file.write_text('{"time": "2026-11-30T07:00:00"}')
+    assert torn.last_error().startswith(f"{torn.failed_file}: unreadable (") and torn.last_error().endswith(f"; see {torn.log_file}")
+    assert edited.last_error() == f"{edited.failed_file}: no 'error' entry; see {edited.log_file}"
+    assert cli("status", "--results", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert f"{torn.failed_file}: unreadable" in out and f"{edited.failed_file}: no 'error' entry" in out
+
+
 def test_status_of_a_missing_results_folder(tmp_path):
     assert orch.collect_status(tmp_path / "nothing") == []
     assert "0 runs" in orch.format_status([], tmp_path)
