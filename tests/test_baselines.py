@@ -2,6 +2,7 @@
 through the real loop on the embedded benchmark."""
 import copy
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -436,3 +437,45 @@ def test_every_baseline_trains_end_to_end(name, tmp_path, synth_prepared, few_ev
     assert state == "done", rd.failed_file.read_text() if rd.failed_file.exists() else state
     rows = list(csv.DictReader(open(rd.metrics_file)))
     assert rows and {r["method"] for r in rows} == {name}
+
+
+def test_view_agreement_diagnostic_reads_a_gin_run_and_changes_nothing(tmp_path, synth_prepared, capsys):
+    """benchmarks/view_agreement.py on a trained tiny GIN run: ground truth and each of the 3
+    views' predicted class fractions sum to 1, the loss parts are finite, the folder is left as
+    it was; a single-view run is refused with a message naming it."""
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    from dgbench.rundir import RunDir
+    from dgbench.spec import resolve
+    from dgbench.train import Trainer
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import view_agreement
+    folders = {}
+    for method in ("gin", "erm"):
+        spec = resolve("synth", method, seed=0, train={**TINY_TRAIN, "steps": 2, "val_every": 2})
+        rd = RunDir.for_run(tmp_path, spec.run_id)
+        rd.write_spec(spec)
+        tr = Trainer(spec, rd, progress=False)
+        tr.val_cases = tr.val_cases[:1]
+        tr.fit()
+        folders[method] = rd
+
+    def digest(rd):
+        return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(rd.path.rglob("*")) if p.is_file()}
+    before = digest(folders["gin"])
+    capsys.readouterr()
+    assert view_agreement.main([str(folders["gin"].path), "--batches", "2"]) == 0
+    out = capsys.readouterr().out
+    sup, cons = (float(v) for v in re.search(r"supervised loss ([\d.]+), consistency part (-?[\d.]+)", out).groups())
+    assert sup > 0 and abs(cons) < 1e3
+    rows = [line for line in out.splitlines() if line.startswith(("| ground truth", "| view "))]
+    assert [r.split("|")[1].strip() for r in rows] == ["ground truth"] + [f"view {v} predicted" for v in (1, 2, 3)]
+    header = [c.strip() for c in next(line for line in out.splitlines() if line.startswith("| voxel fraction")).strip("|").split("|")]
+    assert header[1:] == ["background", "liver", "kidneys", "aorta", "spleen"]
+    for r in rows:
+        assert sum(float(c) for c in r.strip("|").split("|")[1:]) == pytest.approx(1.0, abs=0.003)
+    assert digest(folders["gin"]) == before
+    assert view_agreement.main([str(folders["erm"].path)]) == 2
+    assert "method 'erm' stacks no views" in capsys.readouterr().err
