@@ -37,9 +37,8 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from dgbench.rundir import RunDir
-from dgbench.spec import RunSpec
-from dgbench.train import Trainer
+from dgbench.rundir import RunFolderError
+from dgbench.train import Trainer, trained
 
 
 def recalibrate(t: Trainer, batches: int, unmasked: bool) -> None:
@@ -76,13 +75,12 @@ def main(argv=None) -> int:
     print("| run | source-val Dice as saved | BN re-estimated, training inputs | BN re-estimated, test-time "
           "inputs | intensity only | features only |\n|---|---|---|---|---|---|", flush=True)
     for folder in a.runs:
-        rd = RunDir(Path(folder))
-        ckpt = rd.path / "checkpoints" / f"{a.checkpoint}.pt"
-        if not ckpt.exists():
-            print(f"{ckpt}: no such checkpoint (run the run to the end first)", file=sys.stderr)
+        try:
+            t = trained(Path(folder), a.checkpoint)
+        except RunFolderError as e:
+            print(e, file=sys.stderr)
             return 2
-        t = Trainer(RunSpec.from_dict(rd.read_spec()), rd, device=torch.device("cpu"), progress=False)
-        t.load(ckpt)
+        rd = t.rd
         t.val_cases = t.val_cases[:a.val_cases]
         saved = copy.deepcopy(t.net.state_dict())
         cells = [t.validate()]

@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from dgbench.rundir import RunDir
-from dgbench.spec import RunSpec
-from dgbench.train import Trainer
+from dgbench.rundir import RunFolderError
+from dgbench.train import trained
 
 
 def main(argv=None) -> int:
@@ -40,17 +39,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     for folder in a.runs:
-        rd = RunDir(Path(folder))
-        ckpt = rd.path / "checkpoints" / f"{a.checkpoint}.pt"
-        if not ckpt.exists():
-            print(f"{ckpt}: no such checkpoint (run the run to the end first)", file=sys.stderr)
+        try:
+            t = trained(Path(folder), a.checkpoint)
+        except RunFolderError as e:
+            print(e, file=sys.stderr)
             return 2
-        t = Trainer(RunSpec.from_dict(rd.read_spec()), rd, device=torch.device("cpu"), progress=False)
         n_views = int(getattr(t.method, "n_views", 1))
         if n_views < 2:
-            print(f"{rd.path.name}: method {t.spec.method!r} stacks no views; nothing to compare", file=sys.stderr)
+            print(f"{t.rd.path.name}: method {t.spec.method!r} stacks no views; nothing to compare", file=sys.stderr)
             return 2
-        t.load(ckpt)
         t.net.train()
         torch.manual_seed(a.seed)
         n_classes = t.method.ctx.n_classes
@@ -70,7 +67,7 @@ def main(argv=None) -> int:
                 for v, p in enumerate(logits.argmax(1).chunk(n_views)):
                     pred[v] += torch.bincount(p.flatten(), minlength=n_classes).float() / p.numel()
         gt, pred = gt / a.batches, pred / a.batches
-        print(f"\n{rd.path.name} ({ckpt.name}, {a.batches} source-train batches of {b})")
+        print(f"\n{t.rd.path.name} ({a.checkpoint}.pt, {a.batches} source-train batches of {b})")
         print(f"supervised loss {sup / a.batches:.3f}, consistency part {cons / a.batches:.4f}")
         names = [t.adapter.classes.get(c, f"class {c}") for c in range(n_classes)]
         print("| voxel fraction | " + " | ".join(names) + " |")

@@ -237,6 +237,19 @@ class Trainer(Checkpoints):
         atomic_write_text(self.rd.train_loss, "\n".join(lines) + "\n")
 
 
+def trained(folder: Path, checkpoint: str = "best", device: torch.device | None = None) -> Trainer:
+    """A run's Trainer with checkpoints/<checkpoint>.pt loaded, for diagnostics that read a run
+    (benchmarks/maskgen_inputs.py, view_agreement.py); the folder is not written. A missing
+    checkpoint raises RunFolderError naming it."""
+    rd = RunDir(Path(folder))
+    ckpt = rd.path / "checkpoints" / f"{checkpoint}.pt"
+    if not ckpt.exists():
+        raise RunFolderError(f"{ckpt}: no such checkpoint (run the run to the end first)")
+    t = Trainer(RunSpec.from_dict(rd.read_spec()), rd, device=device or torch.device("cpu"), progress=False)
+    t.load(ckpt)
+    return t
+
+
 def pick_augmentation(method, cfg, sided: bool, seed: int, device: torch.device):
     """(where, device augmentation or None, CPU transforms or None) for train.aug_on.
 
