@@ -79,13 +79,12 @@ def step_time(method: str, patch, compile_: str, p: dict, device) -> dict:
     """Median ms of train_step on one augmented batch already on the device, and the first
     step's extra time (the compile)."""
     from dgbench.rundir import RunDir
-    from dgbench.train import Trainer
+    from dgbench.train import Trainer, train_batches
     reset_peak(device)
     with tempfile.TemporaryDirectory() as tmp:
         t = Trainer(spec_for(method, train_options(p, patch, compile_), p["extractor"]), RunDir(tmp), device=device,
                     progress=False)
-        batch = torch.utils.data.default_collate([t.data[k] for k in range(p["batch"])])
-        x, y = t.batch_to_device(batch)
+        x, y = next(train_batches(t, 1))
         times = []
         for i in range(1 + p["warmup"] + p["steps"]):
             torch.manual_seed(i)

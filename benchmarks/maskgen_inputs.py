@@ -35,10 +35,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import default_collate
 
 from dgbench.rundir import RunFolderError
-from dgbench.train import Trainer, trained
+from dgbench.train import Trainer, train_batches, trained
 
 
 def recalibrate(t: Trainer, batches: int, unmasked: bool) -> None:
@@ -50,10 +49,8 @@ def recalibrate(t: Trainer, batches: int, unmasked: bool) -> None:
     t.net.eval()
     for m in bns:
         m.train()
-    bs = t.cfg.batch_size
     with torch.no_grad():
-        for i in range(batches):
-            x, y = t.batch_to_device(default_collate([t.data[i * bs + k] for k in range(bs)]))
+        for i, (x, y) in enumerate(train_batches(t, batches)):
             if unmasked:                     # the method's own test-time input (MaskGen: no masking)
                 z = t.method.infer_input(x)
             else:

@@ -8,7 +8,7 @@ TMI 2022). For each finished run folder it loads a checkpoint (default checkpoin
 weights the run ended with), draws `--batches` source-train batches as the run trains on them
 (its sampler and augmentation), makes the method's own views of each (`train_batch`) and
 prints, with the network in training mode as in a step, and no update:
-- the supervised part of the loss (the loop's loss on the supervised view);
+- the supervised part of the loss (the loop's loss on the supervised view, `view_loss`);
 - the consistency part (the method's own loss minus the supervised part);
 - the voxel fraction of each class in the ground truth and in each view's prediction.
 
@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import default_collate
 
 from dgbench.rundir import RunFolderError
-from dgbench.train import trained
+from dgbench.train import train_batches, trained
+from dgbench_methods._common import view_loss
 
 
 def main(argv=None) -> int:
@@ -54,20 +54,18 @@ def main(argv=None) -> int:
         sup = cons = 0.0
         gt = torch.zeros(n_classes)
         pred = torch.zeros(n_views, n_classes)
-        b = t.cfg.batch_size
         with torch.no_grad():
-            for i in range(a.batches):
-                x, y = t.batch_to_device(default_collate([t.data[i * b + k] for k in range(b)]))
+            for x, y in train_batches(t, a.batches):
                 views, yy = t.method.train_batch(t.net, x, y)
                 logits = t.net(views)
-                s = float(t.method.ctx.loss_fn(logits.chunk(n_views)[0].float(), yy.chunk(n_views)[0]))
+                s = float(view_loss(t.method.ctx.loss_fn, logits, yy, n_views))
                 sup += s
                 cons += float(t.method.loss(t.net, views, yy, logits)) - s
                 gt += torch.bincount(y.long().flatten(), minlength=n_classes).float() / y.numel()
                 for v, p in enumerate(logits.argmax(1).chunk(n_views)):
                     pred[v] += torch.bincount(p.flatten(), minlength=n_classes).float() / p.numel()
         gt, pred = gt / a.batches, pred / a.batches
-        print(f"\n{t.rd.path.name} ({a.checkpoint}.pt, {a.batches} source-train batches of {b})")
+        print(f"\n{t.rd.path.name} ({a.checkpoint}.pt, {a.batches} source-train batches of {t.cfg.batch_size})")
         print(f"supervised loss {sup / a.batches:.3f}, consistency part {cons / a.batches:.4f}")
         names = [t.adapter.classes.get(c, f"class {c}") for c in range(n_classes)]
         print("| voxel fraction | " + " | ".join(names) + " |")

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from dgbench.atomic import _tmp_name, atomic_write_bytes, exclusive, atomic_write_json, is_out_of_space, read_json
+from dgbench.atomic import _tmp_name, atomic_write_bytes, atomic_write_json, exclusive, is_out_of_space, read_json
 
 METRIC_COLUMNS = ["run_id", "dataset", "method", "setting", "seed", "selection", "split",
                   "domain", "case", "class", "class_name", "dice", "gt_present", "pred_present"]

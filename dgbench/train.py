@@ -250,6 +250,14 @@ def trained(folder: Path, checkpoint: str = "best", device: torch.device | None 
     return t
 
 
+def train_batches(t: Trainer, n: int):
+    """The first n training batches of t's patch dataset (its sampling and augmentation, indices
+    0, 1, 2, ... in order), on t's device: what diagnostics and step timings feed a run."""
+    bs = t.cfg.batch_size
+    for i in range(n):
+        yield t.batch_to_device(torch.utils.data.default_collate([t.data[i * bs + k] for k in range(bs)]))
+
+
 def pick_augmentation(method, cfg, sided: bool, seed: int, device: torch.device):
     """(where, device augmentation or None, CPU transforms or None) for train.aug_on.
 

@@ -75,6 +75,28 @@ def interrupted_run(spec, results, at_step: int):
     return RunDir.for_run(results, spec.run_id)
 
 
+def tiny_synth_run(results, method: str):
+    """A finished 2-step run of `method` on synth (validated on one source-val case), for tests of
+    the diagnostics that read a run folder; returns (RunDir, Trainer)."""
+    from dgbench.rundir import RunDir
+    from dgbench.spec import resolve
+    from dgbench.train import Trainer
+    spec = resolve("synth", method, seed=0, train={**TINY_TRAIN, "steps": 2, "val_every": 2})
+    rd = RunDir.for_run(results, spec.run_id)
+    rd.write_spec(spec)
+    tr = Trainer(spec, rd, progress=False)
+    tr.val_cases = tr.val_cases[:1]                      # one case keeps the tests short
+    tr.fit()
+    return rd, tr
+
+
+def folder_digest(path) -> dict:
+    """SHA-1 of every file under path, by name: equal before and after means nothing was written."""
+    import hashlib
+    from pathlib import Path
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="session")
 def tiny_folder_env(tmp_path_factory):
     """A tiny `folder` dataset (11 cases of 16³, test_datasets.make_folder: 6 source, 3 + 2 in two

@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai import transforms as T
 
-from conftest import TINY_TRAIN, method_context
+from conftest import TINY_TRAIN, folder_digest, method_context, tiny_synth_run
 from dgbench.data.sampling import standard_augmentation
 from dgbench.models.backbones import build_backbone
 from dgbench.registry import METHODS
@@ -443,28 +443,12 @@ def test_view_agreement_diagnostic_reads_a_gin_run_and_changes_nothing(tmp_path,
     """benchmarks/view_agreement.py on a trained tiny GIN run: ground truth and each of the 3
     views' predicted class fractions sum to 1, the loss parts are finite, the folder is left as
     it was; a single-view run is refused with a message naming it."""
-    import hashlib
     import sys
     from pathlib import Path
-
-    from dgbench.rundir import RunDir
-    from dgbench.spec import resolve
-    from dgbench.train import Trainer
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import view_agreement
-    folders = {}
-    for method in ("gin", "erm"):
-        spec = resolve("synth", method, seed=0, train={**TINY_TRAIN, "steps": 2, "val_every": 2})
-        rd = RunDir.for_run(tmp_path, spec.run_id)
-        rd.write_spec(spec)
-        tr = Trainer(spec, rd, progress=False)
-        tr.val_cases = tr.val_cases[:1]
-        tr.fit()
-        folders[method] = rd
-
-    def digest(rd):
-        return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(rd.path.rglob("*")) if p.is_file()}
-    before = digest(folders["gin"])
+    folders = {method: tiny_synth_run(tmp_path, method)[0] for method in ("gin", "erm")}
+    before = folder_digest(folders["gin"].path)
     capsys.readouterr()
     assert view_agreement.main([str(folders["gin"].path), "--batches", "2"]) == 0
     out = capsys.readouterr().out
@@ -476,6 +460,6 @@ def test_view_agreement_diagnostic_reads_a_gin_run_and_changes_nothing(tmp_path,
     assert header[1:] == ["background", "liver", "kidneys", "aorta", "spleen"]
     for r in rows:
         assert sum(float(c) for c in r.strip("|").split("|")[1:]) == pytest.approx(1.0, abs=0.003)
-    assert digest(folders["gin"]) == before
+    assert folder_digest(folders["gin"].path) == before
     assert view_agreement.main([str(folders["erm"].path)]) == 2
     assert "method 'erm' stacks no views" in capsys.readouterr().err

@@ -1,13 +1,12 @@
 """MaskGen: channel masking statistics, no masking at inference, a frozen extractor that stays
 in eval mode through training and validation, and the ablations' channel semantics."""
-import hashlib
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, method_context
+from conftest import TINY_TRAIN, folder_digest, method_context, tiny_synth_run
 from dgbench.registry import METHODS
 from dgbench.rundir import RunDir
 from dgbench.spec import resolve
@@ -106,30 +105,21 @@ def test_extractor_precision_follows_the_recipe_amp():
         assert seen == [want], amp_dtype
 
 
-
 def test_input_diagnostic_reproduces_the_saved_score_and_changes_nothing(tmp_path, synth_prepared, capsys):
     """benchmarks/maskgen_inputs.py on a trained tiny MaskGen run: its first column is the run's
     own best source-val Dice (the same evaluation path), every column is a Dice, and the run
     folder is left as it was."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import maskgen_inputs
-    spec = resolve("synth", "maskgen", seed=0, train={**TINY_TRAIN, "steps": 2, "val_every": 2})
-    rd = RunDir.for_run(tmp_path, spec.run_id)
-    rd.write_spec(spec)
-    tr = Trainer(spec, rd, progress=False)
-    tr.val_cases = tr.val_cases[:1]                      # one case keeps the test short
-    tr.fit()
-
-    def digest():
-        return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(rd.path.rglob("*")) if p.is_file()}
-    before = digest()
+    rd, tr = tiny_synth_run(tmp_path, "maskgen")
+    before = folder_digest(rd.path)
     capsys.readouterr()
     assert maskgen_inputs.main([str(rd.path), "--batches", "2", "--val-cases", "1"]) == 0
     cells = [c.strip() for c in capsys.readouterr().out.strip().splitlines()[-1].strip("|").split("|")]
     assert cells[0] == rd.path.name and len(cells) == 6
     assert all(0.0 <= float(c) <= 100.0 for c in cells[1:])
     assert float(cells[1]) == pytest.approx(100 * tr.best_val, abs=0.051)
-    assert digest() == before
+    assert folder_digest(rd.path) == before
 
 
 def test_input_diagnostic_names_a_missing_checkpoint(tmp_path, capsys):

@@ -75,9 +75,8 @@ def test_generation_waits_for_the_process_that_holds_the_cache_lock(synth_prepar
     import time
 
     from dgbench.atomic import exclusive
-    from dgbench.data.cache import prepared_dir
-    adapter = DATASETS.get("synth")()
-    lock = prepared_dir(adapter).with_name(prepared_dir(adapter).name + ".lock")
+    from dgbench.data.cache import generation_lock
+    lock = generation_lock(DATASETS.get("synth")())
     code = ("import time; from dgbench.data.cache import ensure_prepared; from dgbench.registry import DATASETS; "
             "a = DATASETS.get('synth')(); print('imported', flush=True); ensure_prepared(a); print(time.time())")
     with exclusive(lock) as held:

@@ -298,9 +298,15 @@ def ensure_prepared(adapter: DatasetAdapter) -> Prepared:
     demand, by one process at a time (others wait on an flock beside the cache, then find it
     made); a real dataset must have been prepared with `dgbench prepare` for the current split."""
     if adapter.generated:
-        with exclusive(prepared_dir(adapter).with_name(prepared_dir(adapter).name + ".lock")):
+        with exclusive(generation_lock(adapter)):
             return _ensure_prepared(adapter)
     return _ensure_prepared(adapter)
+
+
+def generation_lock(adapter: DatasetAdapter) -> Path:
+    """The flock file beside a generated dataset's prepared cache (held while it is made)."""
+    d = prepared_dir(adapter)
+    return d.with_name(d.name + ".lock")
 
 
 def _ensure_prepared(adapter: DatasetAdapter) -> Prepared:
