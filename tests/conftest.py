@@ -8,21 +8,33 @@ import pytest
 import torch
 
 
-def _session_cache() -> str:
-    """DGBENCH_TEST_CACHE if set; else one fresh folder per test session, shared by the
-    pytest-xdist workers of that session (they generate synth once: dgbench.data.cache takes a
-    lock for it)."""
+# The process that made the throw-away cache (the only one without pytest-xdist, else the xdist
+# controller) names it here; the workers it starts inherit the variable and use the same folder.
+_OWNER = "DGBENCH_TEST_SESSION_CACHE"
+
+
+def _session_cache() -> tuple[str, bool]:
+    """(cache folder, whether this process removes it at the end). DGBENCH_TEST_CACHE if set
+    (kept); else one fresh folder per test session, shared by its pytest-xdist workers (they
+    generate synth once: dgbench.data.cache takes a lock for it) and removed when it ends."""
     if os.environ.get("DGBENCH_TEST_CACHE"):
-        return os.environ["DGBENCH_TEST_CACHE"]
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if run:
-        path = os.path.join(tempfile.gettempdir(), f"dgbench-test-cache-{run}")
-        os.makedirs(path, exist_ok=True)
-        return path
-    return tempfile.mkdtemp(prefix="dgbench-test-cache-")
+        return os.environ["DGBENCH_TEST_CACHE"], False
+    if os.environ.get(_OWNER):
+        return os.environ[_OWNER], False
+    path = tempfile.mkdtemp(prefix="dgbench-test-cache-")
+    os.environ[_OWNER] = path
+    return path, True
 
 
-os.environ["DGBENCH_CACHE"] = _session_cache()
+_cache, _remove_cache = _session_cache()
+os.environ["DGBENCH_CACHE"] = _cache
+
+
+def pytest_unconfigure(config):
+    if _remove_cache:
+        shutil.rmtree(_cache, ignore_errors=True)
+
+
 # One thread: small 3-D ops are faster single-threaded, and far faster when Slurm jobs or
 # local workers share the cores (multi-threaded OpenMP then spins against them).
 torch.set_num_threads(1)
