@@ -5,14 +5,20 @@ padding), shared by the whole batch. `randconv` (rc_img) keeps the image unchang
 probability 0.5; `randconv-mix` (rc_mix) blends alpha*conv(x) + (1-alpha)*x. Outputs are mapped
 back to [0, 1] per sample.
 
-With consistency (lambda_cons > 0) three views of the clean image go through the network as
-one stacked batch; the supervised loss covers the first view only and a KL term pulls every
-view towards the views' mean prediction (3 forward/backward passes' worth of compute).
+With consistency (lambda_cons > 0) three views of the clean image are made; the supervised loss
+covers the first view only and a KL term pulls every view towards the views' mean prediction
+(3 forward/backward passes' worth of compute). As in the original code (wildphoton/RandConv,
+randconv_trainer.py `train_one_epoch`: `net(inputs)`, then `net(...)` once for each further
+view), every view goes through the network in its own forward pass, so each BatchNorm layer
+normalises a view with that view's own batch statistics. The views are stacked for the loss
+only (`SeparateViews`). Revision 0 sent the stacked views through the network as one batch,
+which mixes the statistics of three different random convolutions in every BatchNorm layer.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dgbench.method import Method
 from dgbench.registry import register_method
@@ -30,11 +36,27 @@ def random_conv(x: torch.Tensor, kernel_sizes=(1, 3, 5, 7), bias: bool = False) 
     return conv(x.float(), w, b, padding=k // 2), k
 
 
+class SeparateViews(nn.Module):
+    """In training, the network on each of `n_views` stacked views in turn (one forward pass per
+    view, so BatchNorm's batch statistics are each view's own), the logits stacked again; in
+    evaluation, one pass over the batch."""
+
+    def __init__(self, net: nn.Module, n_views: int):
+        super().__init__()
+        self.net, self.n_views = net, n_views
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.n_views == 1:
+            return self.net(x)
+        return torch.cat([self.net(v) for v in x.chunk(self.n_views)])
+
+
 @register_method("randconv")
 class RandConv(Method):
     """rc_img: with probability `identity_prob` the clean image, else a random convolution of it."""
     defaults = {"kernel_sizes": [1, 3, 5, 7], "mixing": False, "identity_prob": 0.5, "bias": False,
                 "lambda_cons": 5.0}
+    revision = 1    # 1: one forward pass per view (the original's), not one over the stacked views
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         hp = self.hp
@@ -49,6 +71,9 @@ class RandConv(Method):
     @property
     def n_views(self) -> int:
         return 3 if self.hp["lambda_cons"] > 0 else 1
+
+    def wrap_network(self, net):
+        return SeparateViews(net, self.n_views) if self.n_views > 1 else net
 
     def train_batch(self, net, x, y):
         n = self.n_views

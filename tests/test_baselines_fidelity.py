@@ -78,6 +78,40 @@ def test_randconv_consistency_is_the_originals_batchmean_per_voxel():
         assert torch.allclose(got, m.hp["lambda_cons"] * want, rtol=1e-5), name
 
 
+def test_randconv_sends_each_view_through_the_network_on_its_own():
+    """randconv_trainer.py calls the network once per view (`net(inputs)`, then once for each
+    augmented copy), so every BatchNorm layer normalises a view with its own batch statistics.
+    Revision 0 sent the three stacked views through as one batch, mixing their statistics."""
+    from dgbench.models.backbones import PaperUNet
+    from dgbench_methods.randconv import SeparateViews
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 16, 16, 16)
+    y = torch.randint(0, 3, (2, 1, 16, 16, 16))
+    for name, hp, n in (("randconv", {}, 3), ("randconv-mix", {}, 3), ("randconv", {"lambda_cons": 0.0}, 1)):
+        m = make(name, **hp)
+        inner = PaperUNet(1, 3, width=4, levels=2)
+        net = m.wrap_network(inner)
+        assert isinstance(net, SeparateViews) == (n > 1), name
+        seen = []
+        inner.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+        net.train()
+        torch.manual_seed(1)
+        views, yy = m.train_batch(net, x, y)
+        logits = net(views)
+        assert seen == [2] * n, name                                   # one pass per view, batch 2 each
+        alone = torch.cat([inner(v) for v in views.chunk(n)])          # each view on its own, train mode
+        assert torch.allclose(logits, alone, atol=1e-5), name
+        if n > 1:
+            stacked = inner(views)                                     # revision 0: one pass over 3 views
+            assert not torch.allclose(logits, stacked, atol=1e-3), name
+            assert torch.isfinite(m.loss(net, views, yy, logits)), name
+        net.eval()
+        seen.clear()
+        with torch.no_grad():
+            net(x)
+        assert seen == [2], name                                       # evaluation: one plain pass
+
+
 def test_gin_view_keeps_the_originals_frobenius_rescale_without_minmax():
     """The original feeds the Frobenius-rescaled GIN output of the z-scored image to the network
     (no min-max); here that happens in the patch's z frame and the view is mapped back."""
