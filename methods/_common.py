@@ -83,16 +83,18 @@ def unit_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def frozen_buffers(net: nn.Module):
-    """Run forwards in training mode without touching the net's buffers (BatchNorm running
-    statistics, counters): snapshot on entry, restore on exit."""
-    saved = [(b, b.detach().clone()) for b in net.buffers()]
+def untracked_batch_stats(net: nn.Module):
+    """Forwards in training mode that normalise with the batch's statistics and update no
+    BatchNorm buffer (running statistics, counters), as the AdvBias code's
+    `_disable_tracking_bn_stats`; what they compute can be backpropagated after the block."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
     try:
         yield
     finally:
-        with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
+        for m in bns:
+            m.track_running_stats = True
 
 
 # --- B-spline smooth fields (AdvBias / IPA / SLAug's saliency; cc215 AdvBias scheme, in 3-D) --

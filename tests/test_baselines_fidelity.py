@@ -4,6 +4,7 @@ clusters, and one augmentation strength (`aug_prob`) for the replacement pipelin
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,6 +111,55 @@ def test_randconv_sends_each_view_through_the_network_on_its_own():
         with torch.no_grad():
             net(x)
         assert seen == [2], name                                       # evaluation: one plain pass
+
+
+def test_advbias_contour_term_is_the_originals_sobel_mse():
+    """common/loss.py `contour_loss`: per foreground class, the MSE of the Sobel gradients of the
+    two probability maps (zero padding), averaged over the gradient axes and the classes; in 3-D
+    the Sobel filter of each axis smooths along the two others (scipy.ndimage.sobel)."""
+    from scipy import ndimage
+    from dgbench_methods.advbias import contour_distance
+    torch.manual_seed(0)
+    q, p = torch.rand(2, 3, 6, 7, 8), torch.rand(2, 3, 6, 7, 8)
+    want = np.mean([np.mean((ndimage.sobel(q[n, c].numpy(), axis=a, mode="constant")
+                             - ndimage.sobel(p[n, c].numpy(), axis=a, mode="constant")) ** 2)
+                    for n in range(2) for c in range(3) for a in range(3)])
+    assert math.isclose(float(contour_distance(q, p)), float(want), rel_tol=1e-5)
+    assert float(contour_distance(q, q)) == 0.0
+
+
+def test_advbias_loss_is_the_originals():
+    """adv_compose_solver.py + advchain's training recipe: loss = supervised(f(x), y) +
+    w x D(f(x_adv), f(x).detach()), D = KL(p_clean || p_adv) + 0.5 x contour. The adversarial
+    images are never supervised, the clean prediction gets no gradient from D, and the
+    adversarial forward leaves every BatchNorm buffer as the clean forward left it."""
+    from dgbench.models.backbones import PaperUNet
+    from dgbench_methods.advbias import contour_distance
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 1, 16, 16, 16))
+    m = make("advbias")
+    net = PaperUNet(1, 3, width=4, levels=2).train()
+    xb, yb = m.train_batch(net, x, y)
+    assert torch.equal(xb, x) and torch.equal(yb, y)
+    adv = m._adv.clone()
+    logits = net(xb)                                              # the loop's clean forward
+    after_clean = {k: v.clone() for k, v in net.state_dict().items()}
+    logits_leaf = logits.detach().requires_grad_(True)
+    loss = m.loss(net, xb, yb, logits_leaf)
+    assert all(torch.equal(after_clean[k], v) for k, v in net.state_dict().items())   # buffers as left
+    assert m._adv is None                                         # used once
+    with torch.no_grad():
+        adv_logits = net(adv)
+        p = F.softmax(logits, 1)
+        q = F.softmax(adv_logits, 1)
+        kl = (p * (p.log() - q.log())).sum(1).mean()
+        want = m.ctx.loss_fn(logits, y) + 1.0 * (kl + 0.5 * contour_distance(q[:, 1:], p[:, 1:]))
+    assert torch.allclose(loss, want, rtol=1e-4)
+    (g,) = torch.autograd.grad(loss, logits_leaf, retain_graph=True)   # D reaches the clean logits not at all
+    (g_sup,) = torch.autograd.grad(m.ctx.loss_fn(logits_leaf, y), logits_leaf)
+    assert torch.allclose(g, g_sup, atol=1e-7)
+    grads = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+    assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)      # D trains the net through f(x_adv)
 
 
 def test_gin_view_keeps_the_originals_frobenius_rescale_without_minmax():
